@@ -1,0 +1,42 @@
+package extproc
+
+import "time"
+
+// SnapshotVersion names the JSON contract served at GET /v1/snapshot. The
+// controller refuses documents of another version. Bump it on any change that
+// is not a pure addition of optional fields.
+const SnapshotVersion = "inflight.dev/snapshot/v1"
+
+// Snapshot is one extproc replica's view of every target it has seen, read
+// at one instant. Counters are monotonic for the life of the process (BootID);
+// a reader that sees a new BootID must treat the counters as reset.
+type Snapshot struct {
+	Version string    `json:"version"`
+	Replica string    `json:"replica"`
+	BootID  string    `json:"boot_id"`
+	Time    time.Time `json:"time"`
+	// Targets is sorted by (namespace, workload, service, pod, reason).
+	Targets []TargetRecord `json:"targets"`
+}
+
+// TargetRecord holds the counters of one target on one replica.
+type TargetRecord struct {
+	Namespace string `json:"namespace"`
+	Workload  string `json:"workload"`
+	Service   string `json:"service"`
+	Pod       string `json:"pod"`
+	// Reason is empty for a fully identified target; for the catch-all
+	// targets it says why a request could not be attributed ("unknown:…",
+	// "overflow").
+	Reason string `json:"reason,omitempty"`
+
+	InFlight  int64  `json:"in_flight"`
+	Started   uint64 `json:"started_total"`
+	Completed uint64 `json:"completed_total"`
+	// BusySeconds is the integral of InFlight over time (request-seconds)
+	// up to Snapshot.Time. Its difference between two snapshots of the same
+	// BootID divided by the elapsed time is the exact mean concurrency.
+	BusySeconds float64 `json:"busy_seconds_total"`
+	// DurationSecondsSum is the sum of the durations of completed requests.
+	DurationSecondsSum float64 `json:"duration_seconds_sum"`
+}
