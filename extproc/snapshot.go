@@ -15,6 +15,11 @@ type Snapshot struct {
 	Replica string    `json:"replica"`
 	BootID  string    `json:"boot_id"`
 	Time    time.Time `json:"time"`
+	// UptimeSeconds is the replica's monotonic clock at Time, in seconds
+	// since the process started counting. Differences of UptimeSeconds
+	// between two snapshots of one BootID are the exact elapsed time to
+	// divide busy-seconds deltas by (wall-clock Time may step).
+	UptimeSeconds float64 `json:"uptime_seconds"`
 	// Targets is sorted by (namespace, workload, service, pod, reason).
 	Targets []TargetRecord `json:"targets"`
 }
