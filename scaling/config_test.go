@@ -1,0 +1,238 @@
+package scaling
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseAnnotationsDefaults(t *testing.T) {
+	cfg, err := ParseAnnotations(map[string]string{"inflight.dev/target": "4", "app": "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig(4)
+	if cfg != want {
+		t.Fatalf("got %+v, want %+v", cfg, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+}
+
+func TestParseAnnotationsValues(t *testing.T) {
+	cfg, err := ParseAnnotations(map[string]string{
+		"inflight.dev/target":              " 2.5 ",
+		"inflight.dev/min-replicas":        "0",
+		"inflight.dev/max-replicas":        "40",
+		"inflight.dev/window":              "2m",
+		"inflight.dev/panic-window":        "10",
+		"inflight.dev/panic-threshold":     "3",
+		"inflight.dev/scale-down-delay":    "0s",
+		"inflight.dev/max-scale-up-rate":   "4",
+		"inflight.dev/max-scale-down-rate": "1.5",
+		"inflight.dev/cold-start":          "90s",
+		"inflight.dev/max-queue":           "16",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Target: 2.5, MinReplicas: 0, MaxReplicas: 40, Window: 2 * time.Minute,
+		PanicWindow: 10 * time.Second, PanicThreshold: 3, ScaleDownDelay: 0, MaxScaleUpRate: 4,
+		MaxScaleDownRate: 1.5, ColdStart: 90 * time.Second, MaxQueue: 16}
+	if cfg != want {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+	cfg, err = ParseAnnotations(map[string]string{"inflight.dev/target": "1",
+		"inflight.dev/cold-start": "learned", "inflight.dev/max-queue": "off"})
+	if err != nil || cfg.ColdStart != 0 || cfg.MaxQueue != 0 {
+		t.Fatalf("learned/off: %+v %v", cfg, err)
+	}
+}
+
+// TestParseAnnotationsErrors covers every validation error: each names the
+// annotation, echoes the value and states the allowed range.
+func TestParseAnnotationsErrors(t *testing.T) {
+	cases := []struct {
+		name, ann, value string
+		allowed          string // a fragment of the allowed range
+	}{
+		{"target missing", "target", "", "number > 0"},
+		{"target zero", "target", "0", "number > 0"},
+		{"target negative", "target", "-1", "number > 0"},
+		{"target NaN", "target", "NaN", "number > 0"},
+		{"target Inf", "target", "+Inf", "≤ 1e+06"},
+		{"target word", "target", "four", "number > 0"},
+		{"min-replicas negative", "min-replicas", "-1", "between 0 and 100000"},
+		{"min-replicas float", "min-replicas", "1.5", "integer"},
+		{"max-replicas zero", "max-replicas", "0", "between 1 and 100000"},
+		{"max-replicas huge", "max-replicas", "9999999999", "between 1 and 100000"},
+		{"window short", "window", "1s", "between 6s and 1h0m0s"},
+		{"window long", "window", "2h", "between 6s and 1h0m0s"},
+		{"window junk", "window", "soon", "duration"},
+		{"panic-window zero", "panic-window", "0s", "between 1s"},
+		{"panic-threshold low", "panic-threshold", "1", "between 1.1 and 10"},
+		{"panic-threshold high", "panic-threshold", "11", "between 1.1 and 10"},
+		{"scale-down-delay negative", "scale-down-delay", "-5m", "between 0s and 1h0m0s"},
+		{"max-scale-up-rate one", "max-scale-up-rate", "1", "> 1"},
+		{"max-scale-up-rate high", "max-scale-up-rate", "5000", "≤ 1000"},
+		{"max-scale-down-rate low", "max-scale-down-rate", "0.5", "> 1"},
+		{"cold-start negative", "cold-start", "-1s", "between 0s and 1h0m0s"},
+		{"cold-start junk", "cold-start", "fast", "duration"},
+		{"max-queue zero", "max-queue", "0", `"off" or a number > 0`},
+		{"unknown name", "max-replica", "5", "one of inflight.dev/{target,"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ann := map[string]string{"inflight.dev/target": "4"}
+			if c.ann == "target" {
+				delete(ann, "inflight.dev/target")
+			}
+			if c.value != "" || c.ann != "target" {
+				ann["inflight.dev/"+c.ann] = c.value
+			}
+			_, err := ParseAnnotations(ann)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("want *ConfigError, got %v", err)
+			}
+			if len(ce.Fields) != 1 {
+				t.Fatalf("want exactly one field error, got %v", ce)
+			}
+			fe := ce.Fields[0]
+			if fe.Annotation != "inflight.dev/"+c.ann || fe.Value != c.value || !strings.Contains(fe.Allowed, c.allowed) {
+				t.Fatalf("got %+v, want annotation %s value %q allowed ~%q", fe, c.ann, c.value, c.allowed)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, fe.Annotation) || !strings.Contains(msg, c.allowed) {
+				t.Fatalf("message %q lacks the annotation or the range", msg)
+			}
+		})
+	}
+}
+
+func TestParseAnnotationsCrossErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		ann  map[string]string
+		want string // annotation named
+	}{
+		{"min above max", map[string]string{"inflight.dev/min-replicas": "5", "inflight.dev/max-replicas": "3"}, "inflight.dev/min-replicas"},
+		{"panic window above window", map[string]string{"inflight.dev/window": "10s", "inflight.dev/panic-window": "20s"}, "inflight.dev/panic-window"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.ann["inflight.dev/target"] = "1"
+			_, err := ParseAnnotations(c.ann)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Fields) != 1 || ce.Fields[0].Annotation != c.want {
+				t.Fatalf("got %v, want one error naming %s", err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseAnnotationsReportsAllErrors(t *testing.T) {
+	_, err := ParseAnnotations(map[string]string{
+		"inflight.dev/target":       "x",
+		"inflight.dev/window":       "1ms",
+		"inflight.dev/max-replicas": "-2",
+	})
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *ConfigError, got %v", err)
+	}
+	var got []string
+	for _, f := range ce.Fields {
+		got = append(got, f.Annotation)
+	}
+	want := "inflight.dev/max-replicas,inflight.dev/target,inflight.dev/window"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("got %v, want %s (sorted, all of them)", got, want)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		want   string // annotation named, "" = valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"target", func(c *Config) { c.Target = 0 }, "inflight.dev/target"},
+		{"min", func(c *Config) { c.MinReplicas = -1 }, "inflight.dev/min-replicas"},
+		{"max", func(c *Config) { c.MaxReplicas = 0 }, "inflight.dev/max-replicas"},
+		{"window", func(c *Config) { c.Window = time.Second }, "inflight.dev/window"},
+		{"panic-window", func(c *Config) { c.PanicWindow = 0 }, "inflight.dev/panic-window"},
+		{"threshold", func(c *Config) { c.PanicThreshold = 1 }, "inflight.dev/panic-threshold"},
+		{"delay", func(c *Config) { c.ScaleDownDelay = -time.Second }, "inflight.dev/scale-down-delay"},
+		{"up rate", func(c *Config) { c.MaxScaleUpRate = 1 }, "inflight.dev/max-scale-up-rate"},
+		{"down rate", func(c *Config) { c.MaxScaleDownRate = 0 }, "inflight.dev/max-scale-down-rate"},
+		{"cold start", func(c *Config) { c.ColdStart = 2 * time.Hour }, "inflight.dev/cold-start"},
+		{"max queue", func(c *Config) { c.MaxQueue = -1 }, "inflight.dev/max-queue"},
+		{"min > max", func(c *Config) { c.MinReplicas = 11 }, "inflight.dev/min-replicas"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := DefaultConfig(4)
+			c.mutate(&cfg)
+			err := cfg.Validate()
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Fields) != 1 || ce.Fields[0].Annotation != c.want {
+				t.Fatalf("got %v, want one error naming %s", err, c.want)
+			}
+		})
+	}
+}
+
+func FuzzParseAnnotations(f *testing.F) {
+	f.Add("4", "1", "10", "60s", "6s", "2", "5m", "10", "2", "", "off", "")
+	f.Add("0.5", "0", "3", "2m", "10s", "1.5", "0", "1000", "1.01", "90s", "8", "x")
+	f.Add("-1", "a", "", "1h1s", "NaN", "Inf", "-0", "1e309", "0x10", "learned", "0", "target")
+	f.Fuzz(func(t *testing.T, target, minR, maxR, window, panicW, thr, delay, up, down, cold, queue, extra string) {
+		ann := map[string]string{}
+		set := func(k, v string) {
+			if v != "" {
+				ann[AnnotationPrefix+k] = v
+			}
+		}
+		set(AnnTarget, target)
+		set(AnnMinReplicas, minR)
+		set(AnnMaxReplicas, maxR)
+		set(AnnWindow, window)
+		set(AnnPanicWindow, panicW)
+		set(AnnPanicThreshold, thr)
+		set(AnnScaleDownDelay, delay)
+		set(AnnMaxScaleUpRate, up)
+		set(AnnMaxScaleDownRate, down)
+		set(AnnColdStart, cold)
+		set(AnnMaxQueue, queue)
+		set(extra, "1")
+		cfg, err := ParseAnnotations(ann)
+		if err == nil {
+			if verr := cfg.Validate(); verr != nil {
+				t.Fatalf("parsed config does not validate: %v (%+v)", verr, cfg)
+			}
+			return
+		}
+		var ce *ConfigError
+		if !errors.As(err, &ce) || len(ce.Fields) == 0 {
+			t.Fatalf("error is not a non-empty *ConfigError: %v", err)
+		}
+		for _, fe := range ce.Fields {
+			if !strings.HasPrefix(fe.Annotation, AnnotationPrefix) || fe.Allowed == "" {
+				t.Fatalf("field error without annotation or range: %+v", fe)
+			}
+			if !strings.Contains(err.Error(), fe.Annotation) {
+				t.Fatalf("message %q lacks %s", err, fe.Annotation)
+			}
+		}
+	})
+}

@@ -1,0 +1,564 @@
+// Package scaling owns the inflight scaling policy: the pure function that
+// turns per-tick observations of a workload's requests in flight into a
+// desired replica count, and the parsing and validation of the per-workload
+// configuration (the inflight.dev/ annotations of a Deployment).
+//
+// It imports no Kubernetes client, never sleeps and never reads the clock:
+// time is always a parameter. The Kubernetes side (scaling/kube), the
+// snapshot collector (scaling/collect) and the trace simulator (scaling/sim)
+// all drive the same code.
+//
+// Use, once per workload:
+//
+//	cfg, err := scaling.ParseAnnotations(deployment.Annotations) // *ConfigError on error
+//	a := scaling.NewAutoscaler(cfg, scaling.Features{}, now)   // zero Features: every ingredient on
+//
+// then every tick (1 s):
+//
+//	a.Observe(scaling.Observation{Time: now, Concurrency: …, InFlight: …, …})
+//	d := a.Decide(now) // d.Direction != Hold: write d.Desired to /scale; d.Reason is for the Event
+//
+// and a.SetConfig(cfg) whenever the annotations change to a valid
+// configuration. Decide records its own decision (panic state, the
+// scale-down history), so call it once per tick.
+//
+// The six ingredients of DESIGN.md § The policy, each switchable through
+// Features: the stable-window demand, the trend, burst (panic) mode,
+// cold-start awareness, asymmetric stabilization with ratio caps, and the
+// fail-safe. See Decide for the exact order in which they apply.
+//
+// Concurrency: an Autoscaler is not safe for concurrent use; the owner (one
+// goroutine per tick) calls Observe, Decide and SetConfig in turn. Config,
+// Observation, Features and Decision are plain values. There is no global
+// state.
+package scaling
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// Ingredient names one switchable part of the policy.
+type Ingredient int
+
+// The ingredients, in the order of DESIGN.md § The policy.
+const (
+	StableWindow   Ingredient = iota // time-averaged in-flight over the stable window
+	Trend                            // least-squares slope, projected over the cold-start lead
+	Burst                            // panic mode on the short window
+	ColdStartAware                   // starting replicas count as capacity on the way
+	Stabilization                    // up fast, down after scale-down-delay; ratio caps
+	FailSafe                         // partial or missing data: never scale down
+	numIngredients
+)
+
+// Ingredients lists every ingredient, for ablations.
+func Ingredients() []Ingredient {
+	out := make([]Ingredient, numIngredients)
+	for i := range out {
+		out[i] = Ingredient(i)
+	}
+	return out
+}
+
+func (i Ingredient) String() string {
+	switch i {
+	case StableWindow:
+		return "stable-window"
+	case Trend:
+		return "trend"
+	case Burst:
+		return "burst"
+	case ColdStartAware:
+		return "cold-start"
+	case Stabilization:
+		return "stabilization"
+	case FailSafe:
+		return "fail-safe"
+	}
+	return fmt.Sprintf("ingredient(%d)", int(i))
+}
+
+// Features switches ingredients off. The zero value has every ingredient
+// on, which is what the controller uses; the simulator turns them off one
+// at a time to measure what each buys.
+type Features struct {
+	off [numIngredients]bool
+}
+
+// Without returns f with ingredient i switched off.
+func (f Features) Without(i Ingredient) Features {
+	if i >= 0 && i < numIngredients {
+		f.off[i] = true
+	}
+	return f
+}
+
+// On reports whether ingredient i is switched on.
+func (f Features) On(i Ingredient) bool { return i >= 0 && i < numIngredients && !f.off[i] }
+
+// Observation is what the collector measured for one workload over one
+// tick, ending at Time. Counts are summed over every extproc replica.
+type Observation struct {
+	Time time.Time
+	// Concurrency is the mean number of requests in flight over the interval
+	// since the previous observation (busy-seconds delta / elapsed time).
+	Concurrency float64
+	// InFlight is the number of requests in flight (queued + running) at Time.
+	InFlight float64
+	// Arrivals and Completions are the requests started and completed in the interval.
+	Arrivals, Completions float64
+	// MeanDuration is the mean duration of the requests completed recently (0: unknown).
+	MeanDuration time.Duration
+	// Ready, Starting and Requested are the workload's ready pods, pods that
+	// exist but are not ready yet, and spec.replicas.
+	Ready, Starting, Requested int32
+	// Partial is set when some extproc replica did not answer: the counts
+	// are then a lower bound.
+	Partial bool
+	// ColdStart is the learned time from scale-up to ready (0: unknown).
+	ColdStart time.Duration
+}
+
+// Direction of a decision. Hold means: leave spec.replicas as it is.
+type Direction int8
+
+// Directions.
+const (
+	Down Direction = -1
+	Hold Direction = 0
+	Up   Direction = 1
+)
+
+func (d Direction) String() string {
+	switch d {
+	case Down:
+		return "down"
+	case Up:
+		return "up"
+	}
+	return "hold"
+}
+
+// Decision is the outcome of one Decide call, with the internals worth plotting.
+type Decision struct {
+	Time      time.Time
+	Desired   int32 // replicas to write (equals Current when Direction is Hold)
+	Current   int32 // spec.replicas as last observed
+	Direction Direction
+	// Reason is one human line, e.g. "in-flight 18.2 (panic window) over
+	// target 4 × 3 replicas, rising 1.3/s: 3 → 5".
+	Reason string
+	// StableDemand and PanicDemand are the time-averaged in-flight over the
+	// stable and the panic window; Trend the least-squares slope of in-flight
+	// over the panic window (requests/s); PredictedDemand the demand the
+	// decision sized for (after the trend projection).
+	StableDemand, PanicDemand, Trend, PredictedDemand float64
+	Panicking                                         bool
+}
+
+// StaleAfter is how old the newest observation may be before the data
+// counts as missing (three missed 1 s ticks).
+const StaleAfter = 3 * time.Second
+
+// sample is one stored observation.
+type sample struct {
+	t        time.Time
+	dt       float64 // seconds covered by conc
+	conc     float64
+	inFlight float64
+	arr      float64
+	comp     float64
+	partial  bool
+}
+
+// rec is one entry of the scale-down history (a monotonic max-queue).
+type rec struct {
+	t time.Time
+	d int32
+}
+
+// Autoscaler holds the per-workload state of the policy: the observation
+// windows, the panic state and the scale-down history. Create it with
+// NewAutoscaler; see the package doc for the concurrency rules.
+type Autoscaler struct {
+	cfg   Config
+	feat  Features
+	start time.Time
+
+	ring       []sample
+	head, n    int
+	last       Observation
+	haveLast   bool
+	panicking  bool
+	panicLast  time.Time
+	panicMax   int32
+	history    []rec
+	historyOff int
+}
+
+// NewAutoscaler starts the state of one workload at now. A new autoscaler
+// (a new leader, a restart) never scales down before it has a full stable
+// window of its own data.
+func NewAutoscaler(cfg Config, f Features, now time.Time) *Autoscaler {
+	return &Autoscaler{cfg: cfg, feat: f, start: now, ring: make([]sample, 128)}
+}
+
+// SetConfig replaces the configuration; the observation history is kept.
+func (a *Autoscaler) SetConfig(cfg Config) {
+	if cfg.Window != a.cfg.Window || cfg.PanicWindow != a.cfg.PanicWindow {
+		a.panicking, a.panicMax = false, 0
+	}
+	a.cfg = cfg
+}
+
+// Config returns the configuration in force.
+func (a *Autoscaler) Config() Config { return a.cfg }
+
+// Observe records one tick's observation. Observations must come in time
+// order; one that is not later than the previous is ignored.
+func (a *Autoscaler) Observe(o Observation) {
+	dt := 1.0
+	if a.haveLast {
+		dt = o.Time.Sub(a.last.Time).Seconds()
+		if dt <= 0 {
+			return
+		}
+	}
+	s := sample{t: o.Time, dt: dt, conc: o.Concurrency, inFlight: o.InFlight,
+		arr: o.Arrivals, comp: o.Completions, partial: o.Partial}
+	if bad(s.conc) {
+		s.conc, s.partial = math.Max(0, o.InFlight), true
+	}
+	if bad(s.inFlight) {
+		s.inFlight, s.partial = s.conc, true
+	}
+	if bad(s.arr) || bad(s.comp) {
+		s.arr, s.comp, s.partial = 0, 0, true
+	}
+	a.last, a.haveLast = o, true
+	if a.n == len(a.ring) {
+		grown := make([]sample, 2*len(a.ring))
+		for i := 0; i < a.n; i++ {
+			grown[i] = a.ring[(a.head+i)%len(a.ring)]
+		}
+		a.ring, a.head = grown, 0
+	}
+	a.ring[(a.head+a.n)%len(a.ring)] = s
+	a.n++
+	keep := max(a.cfg.Window, a.cfg.PanicWindow) + 2*time.Second
+	for a.n > 0 && o.Time.Sub(a.ring[a.head].t) > keep {
+		a.head = (a.head + 1) % len(a.ring)
+		a.n--
+	}
+}
+
+func bad(x float64) bool { return math.IsNaN(x) || math.IsInf(x, 0) || x < 0 }
+
+// at returns the k-th newest sample (k = 0 is the newest).
+func (a *Autoscaler) at(k int) *sample { return &a.ring[(a.head+a.n-1-k)%len(a.ring)] }
+
+// regression accumulates a least-squares fit of y against x.
+type regression struct{ n, sx, sy, sxx, sxy, syy float64 }
+
+func (r *regression) add(x, y float64) {
+	r.n++
+	r.sx += x
+	r.sy += y
+	r.sxx += x * x
+	r.sxy += x * y
+	r.syy += y * y
+}
+
+// slope returns the slope and its standard error (0, +Inf with < 3 points).
+func (r *regression) slope() (b, se float64) {
+	if r.n < 3 {
+		return 0, math.Inf(1)
+	}
+	sxx := r.sxx - r.sx*r.sx/r.n
+	if sxx <= 0 {
+		return 0, math.Inf(1)
+	}
+	sxy := r.sxy - r.sx*r.sy/r.n
+	syy := r.syy - r.sy*r.sy/r.n
+	b = sxy / sxx
+	rss := math.Max(0, syy-b*sxy)
+	return b, math.Sqrt(rss / (r.n - 2) / sxx)
+}
+
+// windowStats is one pass over the stored samples.
+type windowStats struct {
+	stable, panic           float64 // time-averaged concurrency
+	shortSlope              float64 // over the panic window
+	longSlope, longSE       float64 // over the stable window
+	arrRate, compRate       float64 // per second, over the panic window
+	partial                 bool    // a partial sample in the stable window
+	covered                 float64 // seconds of data in the stable window
+	meanDT                  float64
+	stableW, panicW         float64
+	haveStable, havePanicAv bool
+}
+
+func (a *Autoscaler) stats(now time.Time) windowStats {
+	var ws windowStats
+	W, P := a.cfg.Window.Seconds(), a.cfg.PanicWindow.Seconds()
+	var sw, sc, pw, pc, pa, pcomp float64
+	var short, long regression
+	for k := 0; k < a.n; k++ {
+		s := a.at(k)
+		age := now.Sub(s.t).Seconds() // end of the sample's interval, seconds ago
+		if age < 0 {
+			continue // a sample from the future of now: ignore
+		}
+		if age >= W {
+			break
+		}
+		x := -(age + s.dt/2) // midpoint, seconds relative to now
+		over := math.Min(s.dt, W-age)
+		sw += over
+		sc += over * s.conc
+		long.add(x, s.conc)
+		ws.partial = ws.partial || s.partial
+		if age < P {
+			o := math.Min(s.dt, P-age)
+			pw += o
+			pc += o * s.conc
+			pa += s.arr * o / s.dt
+			pcomp += s.comp * o / s.dt
+			short.add(x, s.conc)
+		}
+	}
+	if sw > 0 {
+		ws.stable, ws.haveStable = sc/sw, true
+		ws.meanDT = sw / long.n
+	}
+	if pw > 0 {
+		ws.panic, ws.havePanicAv = pc/pw, true
+		ws.arrRate, ws.compRate = pa/pw, pcomp/pw
+	}
+	ws.covered = sw
+	ws.shortSlope, _ = short.slope()
+	ws.longSlope, ws.longSE = long.slope()
+	ws.stableW, ws.panicW = W, P
+	return ws
+}
+
+// Decide computes the desired replicas at now from the observations so far
+// and records the decision in the autoscaler's state. In order:
+//
+//  1. stable-window demand: the time-averaged in-flight over Window (with
+//     the ingredient off: the last interval's mean);
+//  2. trend: the slope over the stable window, taken at the lower end of
+//     its confidence interval (so noise does not project), corrects the
+//     window's lag and is projected over the cold-start lead; a slope that
+//     is negative over both windows suppresses a scale-up the backlog alone
+//     would ask for;
+//  3. burst: the panic-window mean also sizes scale-ups; when it (or the
+//     in-flight now) reaches PanicThreshold × ready capacity the policy
+//     panics: in-flight now counts too, and it never scales down until a
+//     full stable window passes without the threshold being reached;
+//  4. cold-start awareness: while replicas are starting, a scale-up is
+//     capped at what the observed arrival rate and the per-replica
+//     throughput of the ready replicas need (plus draining the backlog over
+//     one cold start), never below the replicas already requested;
+//  5. stabilization: a scale-down goes no lower than the highest
+//     recommendation of the last ScaleDownDelay; one decision moves at most
+//     ×MaxScaleUpRate up and ÷MaxScaleDownRate down;
+//  6. fail-safe: with a partial or stale observation in the window, or
+//     less than a full window of data since the autoscaler started, it does
+//     not scale down.
+//
+// The result is clamped to [MinReplicas, MaxReplicas].
+func (a *Autoscaler) Decide(now time.Time) Decision {
+	cfg, f := a.cfg, a.feat
+	d := Decision{Time: now}
+	if !a.haveLast {
+		d.Reason = "no observation yet"
+		return d
+	}
+	o := a.last
+	cur := o.Requested
+	d.Current = cur
+	ws := a.stats(now)
+	target := cfg.Target
+	var why []string
+	note := func(format string, args ...any) { why = append(why, fmt.Sprintf(format, args...)) }
+
+	// 1. Stable demand.
+	stable := ws.stable
+	if !f.On(StableWindow) || !ws.haveStable {
+		stable = a.at(0).conc
+	}
+	d.StableDemand, d.PanicDemand, d.Trend = stable, ws.panic, ws.shortSlope
+	lead := cfg.ColdStart
+	if lead == 0 {
+		lead = o.ColdStart
+	}
+	if lead <= 0 {
+		lead = DefaultColdStartLead
+	}
+
+	// 2. Trend.
+	predicted := stable
+	falling := false
+	if f.On(Trend) && ws.haveStable {
+		// In-flight is autocorrelated over about one request duration, so
+		// the effective number of points is smaller than the sample count.
+		inflate := 1.0
+		if ws.meanDT > 0 && o.MeanDuration.Seconds() > ws.meanDT {
+			inflate = math.Sqrt(o.MeanDuration.Seconds() / ws.meanDT)
+		}
+		lower := ws.longSlope - 2*ws.longSE*inflate
+		if lower > 0 && ws.shortSlope >= 0 {
+			lag := ws.stableW / 2
+			if !f.On(StableWindow) {
+				lag = 0
+			}
+			predicted = stable + lower*(lag+lead.Seconds())
+			note("rising %.2f/s", ws.shortSlope)
+		}
+		falling = ws.shortSlope < 0 && ws.longSlope < 0
+	}
+	demand := predicted
+
+	// 3. Burst.
+	if f.On(Burst) && ws.havePanicAv {
+		demand = math.Max(demand, ws.panic)
+		readyCap := float64(max(1, o.Ready)) * target
+		over := math.Max(ws.panic, o.InFlight) >= cfg.PanicThreshold*readyCap
+		switch {
+		case over:
+			a.panicking, a.panicLast = true, now
+		case a.panicking && now.Sub(a.panicLast) > cfg.Window:
+			a.panicking, a.panicMax = false, 0
+		}
+		if a.panicking {
+			demand = math.Max(demand, o.InFlight)
+		}
+	} else {
+		a.panicking, a.panicMax = false, 0
+	}
+	d.Panicking = a.panicking
+	d.PredictedDemand = demand
+	want := ceilReplicas(demand / target)
+	note("in-flight %.1f over target %g", demand, target)
+
+	if falling && want > cur && !a.panicking {
+		want = cur
+		note("falling %.2f/s: no scale-up", ws.shortSlope)
+	}
+	if a.panicking {
+		want = max(want, cur, a.panicMax)
+		a.panicMax = want
+		note("panic")
+	}
+
+	// 4. Cold-start awareness.
+	starting := o.Starting > 0 || o.Requested > o.Ready
+	if f.On(ColdStartAware) && starting && want > cur {
+		need := int32(-1)
+		switch {
+		case o.Ready > 0 && ws.compRate > 0:
+			perReplica := ws.compRate / float64(o.Ready)
+			flow := ws.arrRate / perReplica
+			backlog := math.Max(0, o.InFlight-flow*target)
+			need = ceilReplicas(flow*1.1 + backlog/(perReplica*lead.Seconds()))
+		case o.MeanDuration > 0:
+			need = ceilReplicas(ws.arrRate * o.MeanDuration.Seconds() * 1.1 / target)
+		}
+		if need >= 0 && want > max(cur, need) {
+			want = max(cur, need)
+			note("%d starting: capped at %d", max(o.Starting, o.Requested-o.Ready), want)
+		}
+	}
+
+	// 5. Stabilization and ratio caps.
+	if f.On(Stabilization) {
+		a.record(now, want)
+		if want < cur {
+			hi := a.historyMax()
+			if now.Sub(a.start) < cfg.ScaleDownDelay {
+				hi = cur
+			}
+			if hi > want {
+				want = min(cur, hi)
+				note("holding for scale-down-delay %v", cfg.ScaleDownDelay)
+			}
+		}
+		upCap := int32(math.Ceil(cfg.MaxScaleUpRate * float64(max(1, cur))))
+		downFloor := int32(math.Floor(float64(cur) / cfg.MaxScaleDownRate))
+		if want > upCap {
+			want = upCap
+			note("capped by max-scale-up-rate %g", cfg.MaxScaleUpRate)
+		}
+		if want < downFloor {
+			want = downFloor
+			note("capped by max-scale-down-rate %g", cfg.MaxScaleDownRate)
+		}
+	}
+
+	// 6. Fail-safe.
+	if f.On(FailSafe) && want < cur {
+		switch {
+		case now.Sub(o.Time) > StaleAfter:
+			want = cur
+			note("data stale since %v: no scale-down", o.Time.Format(time.RFC3339))
+		case ws.partial:
+			want = cur
+			note("partial data: no scale-down")
+		case now.Sub(a.start) < cfg.Window:
+			want = cur
+			note("less than one window of data: no scale-down")
+		}
+	}
+
+	want = min(max(want, cfg.MinReplicas), cfg.MaxReplicas)
+	d.Desired = want
+	switch {
+	case want > cur:
+		d.Direction = Up
+	case want < cur:
+		d.Direction = Down
+	}
+	d.Reason = fmt.Sprintf("%s: %d → %d", strings.Join(why, ", "), cur, want)
+	return d
+}
+
+// ceilReplicas is ceil(x) as replicas, tolerant of float noise just above
+// an integer and saturating instead of overflowing.
+func ceilReplicas(x float64) int32 {
+	if !(x > 0) {
+		return 0
+	}
+	if x >= math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return int32(math.Ceil(x - 1e-9))
+}
+
+// record appends a recommendation to the scale-down history, keeping it a
+// monotonic (decreasing) queue over the last ScaleDownDelay.
+func (a *Autoscaler) record(now time.Time, d int32) {
+	h := a.history[a.historyOff:]
+	for len(h) > 0 && h[len(h)-1].d <= d {
+		h = h[:len(h)-1]
+	}
+	a.history = append(a.history[:a.historyOff+len(h)], rec{now, d})
+	for a.historyOff < len(a.history) && now.Sub(a.history[a.historyOff].t) > a.cfg.ScaleDownDelay {
+		a.historyOff++
+	}
+	if a.historyOff > 64 && a.historyOff*2 > len(a.history) {
+		a.history = append(a.history[:0], a.history[a.historyOff:]...)
+		a.historyOff = 0
+	}
+}
+
+// historyMax is the highest recommendation of the last ScaleDownDelay.
+func (a *Autoscaler) historyMax() int32 {
+	if a.historyOff >= len(a.history) {
+		return 0
+	}
+	return a.history[a.historyOff].d
+}

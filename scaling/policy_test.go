@@ -1,0 +1,363 @@
+package scaling
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// load is what a test workload looks like in one second.
+type load struct {
+	conc, inFlight      float64 // mean over the second, and at its end
+	arr, comp           float64
+	ready, starting     int32
+	requested           int32
+	partial             bool
+	meanDur, coldStart  time.Duration
+	skipObserve         bool
+	constantConcurrency bool
+}
+
+// drive observes secs seconds of load (fn gives the load of second i) and
+// decides after each; it returns the last decision and the time after it.
+func drive(a *Autoscaler, from time.Time, secs int, fn func(i int) load) (Decision, time.Time) {
+	var d Decision
+	now := from
+	for i := 0; i < secs; i++ {
+		now = now.Add(time.Second)
+		l := fn(i)
+		if !l.skipObserve {
+			in := l.inFlight
+			if in == 0 {
+				in = l.conc
+			}
+			a.Observe(Observation{Time: now, Concurrency: l.conc, InFlight: in, Arrivals: l.arr,
+				Completions: l.comp, Ready: l.ready, Starting: l.starting, Requested: l.requested,
+				Partial: l.partial, MeanDuration: l.meanDur, ColdStart: l.coldStart})
+		}
+		d = a.Decide(now)
+	}
+	return d, now
+}
+
+func steady(conc float64, replicas int32) func(int) load {
+	return func(int) load { return load{conc: conc, ready: replicas, requested: replicas} }
+}
+
+func cfg4() Config {
+	c := DefaultConfig(4)
+	c.MaxReplicas = 100
+	return c
+}
+
+// warm gives an autoscaler ten minutes of steady history so that the
+// new-leader guard and the scale-down delay's start are behind it.
+func warm(c Config, f Features, conc float64, replicas int32) (*Autoscaler, time.Time) {
+	a := NewAutoscaler(c, f, t0)
+	_, now := drive(a, t0, 600, steady(conc, replicas))
+	return a, now
+}
+
+func TestNoObservation(t *testing.T) {
+	a := NewAutoscaler(cfg4(), Features{}, t0)
+	d := a.Decide(t0)
+	if d.Direction != Hold || d.Desired != 0 {
+		t.Fatalf("got %+v, want hold without data", d)
+	}
+}
+
+func TestStableWindow(t *testing.T) {
+	spike := func(i int) load {
+		if i == 59 {
+			return load{conc: 40, inFlight: 5, ready: 5, requested: 5}
+		}
+		return load{conc: 20, ready: 5, requested: 5}
+	}
+	only := Features{}.Without(Trend).Without(Burst).Without(Stabilization)
+	cases := []struct {
+		name string
+		f    Features
+		fn   func(int) load
+		want int32
+	}{
+		{"at target holds", only, steady(20, 5), 5},
+		{"above target scales to ceil(demand/target)", only, steady(30, 5), 8},
+		{"below target scales down", only, steady(9, 5), 3},
+		{"one-second spike is averaged away", only, spike, 6}, // (59×20+40)/60 = 20.33 → 6
+		{"without the window the spike decides", only.Without(StableWindow), spike, 10},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, 20, 5)
+			d, _ := drive(a, now, 60, c.fn)
+			if d.Desired != c.want {
+				t.Fatalf("desired %d, want %d (%s)", d.Desired, c.want, d.Reason)
+			}
+		})
+	}
+}
+
+func TestTrend(t *testing.T) {
+	base := Features{}.Without(Burst).Without(Stabilization).Without(ColdStartAware)
+	ramp := func(i int) load { // +0.5 in flight per second, smooth
+		c := 20 + 0.5*float64(i)
+		return load{conc: c, ready: 5, requested: 5, meanDur: time.Second}
+	}
+	drain := func(i int) load { // a backlog draining: 60 → 31 in flight
+		c := 60 - 0.5*float64(i)
+		return load{conc: c, ready: 10, requested: 10, meanDur: time.Second}
+	}
+	cases := []struct {
+		name     string
+		f        Features
+		fn       func(int) load
+		replicas int32
+		check    func(d Decision) bool
+		want     string
+	}{
+		{"rising demand is projected over the cold-start lead", base, ramp, 5,
+			func(d Decision) bool { return d.PredictedDemand > 100 && d.Desired >= 26 }, "predicted > 100, ≥ 26 replicas"},
+		{"without the trend only the lagging average counts", base.Without(Trend), ramp, 5,
+			func(d Decision) bool { return d.Desired == 9 }, "9 replicas"}, // mean 34.75
+		{"a falling queue suppresses a scale-up", base, drain, 10,
+			func(d Decision) bool { return d.Desired == 10 && strings.Contains(d.Reason, "falling") }, "hold at 10"},
+		{"without the trend the backlog scales up", base.Without(Trend), drain, 10,
+			func(d Decision) bool { return d.Desired == 12 }, "12 replicas"}, // mean 45.25
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, 20, c.replicas)
+			d, _ := drive(a, now, 60, c.fn)
+			if !c.check(d) {
+				t.Fatalf("got desired %d predicted %.1f trend %.2f (%s); want %s",
+					d.Desired, d.PredictedDemand, d.Trend, d.Reason, c.want)
+			}
+		})
+	}
+}
+
+func TestTrendIgnoresNoise(t *testing.T) {
+	// Alternating ±4 around 20: no significant slope, so no projection.
+	a, now := warm(cfg4(), Features{}.Without(Burst), 20, 5)
+	d, _ := drive(a, now, 60, func(i int) load {
+		return load{conc: 20 + float64(4*(i%2*2-1)), ready: 5, requested: 5, meanDur: 6 * time.Second}
+	})
+	if d.PredictedDemand > 21 || d.Desired != 5 {
+		t.Fatalf("noise projected: predicted %.1f desired %d (%s)", d.PredictedDemand, d.Desired, d.Reason)
+	}
+}
+
+func TestBurst(t *testing.T) {
+	base := Features{}.Without(Trend).Without(Stabilization).Without(ColdStartAware)
+	step := func(i int) load { return load{conc: 12, inFlight: 12, ready: 1, requested: 1} }
+	cases := []struct {
+		name  string
+		f     Features
+		ticks int
+		want  int32
+		panic bool
+	}{
+		// Baseline 3.6 in flight on 1 replica; a step to 12.
+		{"a step scales up on the first tick", base, 1, 3, true},
+		{"without burst mode the stable window barely moves", base.Without(Burst), 1, 1, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, 3.6, 1)
+			d, _ := drive(a, now, c.ticks, step)
+			if d.Desired != c.want || d.Panicking != c.panic || (c.want > 1 && d.Direction != Up) {
+				t.Fatalf("got %d panic=%v (%s), want %d panic=%v", d.Desired, d.Panicking, d.Reason, c.want, c.panic)
+			}
+		})
+	}
+}
+
+func TestBurstNeverScalesDownInPanic(t *testing.T) {
+	f := Features{}.Without(Trend).Without(Stabilization).Without(ColdStartAware)
+	for _, c := range []struct {
+		name string
+		f    Features
+		want int32
+	}{{"in panic", f, 10}, {"without burst", f.Without(Burst), 3}} {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, 4, 1)
+			// A burst of 40 on one ready replica, then back to 4: the stable
+			// window still remembers the burst at (10×40+50×4)/60 = 10.
+			_, now = drive(a, now, 10, func(int) load { return load{conc: 40, ready: 1, requested: 10} })
+			d, _ := drive(a, now, 50, func(int) load { return load{conc: 4, ready: 10, requested: 10} })
+			if d.Desired != c.want {
+				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
+			}
+		})
+	}
+}
+
+func TestColdStartAwareness(t *testing.T) {
+	// Two ready replicas serve 1.2 req/s each; 6 req/s arrive; 3 more are
+	// starting (5 requested). The queue has grown to 200 in flight.
+	queue := func(int) load {
+		return load{conc: 200, inFlight: 200, arr: 6, comp: 2.4, ready: 2, starting: 3, requested: 5}
+	}
+	base := Features{}.Without(Trend).Without(Stabilization)
+	cases := []struct {
+		name string
+		f    Features
+		want int32
+	}{
+		// flow 6/1.2 = 5 replicas ×1.1, backlog (200 − 5×8)/(1.2×120) = 1.1 → 7.
+		{"starting replicas count as capacity on the way", base, 7},
+		{"without it the queue causes runaway scale-up", base.Without(ColdStartAware), 25},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := cfg4()
+			cfg.Target = 8
+			a, now := warm(cfg, c.f, 40, 5)
+			d, _ := drive(a, now, 10, queue)
+			if d.Desired != c.want {
+				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
+			}
+		})
+	}
+	t.Run("never below the replicas already requested", func(t *testing.T) {
+		a, now := warm(cfg4(), base, 40, 10)
+		d, _ := drive(a, now, 10, func(int) load {
+			return load{conc: 100, inFlight: 100, arr: 1, comp: 1, ready: 2, starting: 8, requested: 10}
+		})
+		if d.Desired != 10 {
+			t.Fatalf("got %d (%s), want 10", d.Desired, d.Reason)
+		}
+	})
+}
+
+func TestStabilization(t *testing.T) {
+	base := Features{}.Without(Trend).Without(Burst)
+	cases := []struct {
+		name   string
+		f      Features
+		from   float64
+		to     float64
+		cur    int32
+		after  int // seconds after the change
+		want   int32
+		reason string
+	}{
+		{"scale-down waits for scale-down-delay", base, 40, 8, 10, 120, 10, "scale-down-delay"},
+		{"then the down rate halves at most", base, 40, 8, 10, 400, 5, "max-scale-down-rate"},
+		{"without stabilization it drops at once", base.Without(Stabilization), 40, 8, 10, 120, 2, ""},
+		{"scale-up is immediate but capped by the up rate", base, 4, 400, 1, 60, 10, "max-scale-up-rate"},
+		{"without stabilization the up rate is not capped", base.Without(Stabilization), 4, 400, 1, 60, 100, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, c.from, c.cur)
+			d, _ := drive(a, now, c.after, steady(c.to, c.cur))
+			if d.Desired != c.want || !strings.Contains(d.Reason, c.reason) {
+				t.Fatalf("got %d (%s), want %d with %q", d.Desired, d.Reason, c.want, c.reason)
+			}
+		})
+	}
+}
+
+func TestFailSafe(t *testing.T) {
+	base := Features{}.Without(Stabilization).Without(Trend).Without(Burst)
+	low := func(partialAt int, skipAfter int) func(int) load {
+		return func(i int) load {
+			return load{conc: 4, ready: 10, requested: 10, partial: i == partialAt, skipObserve: skipAfter >= 0 && i >= skipAfter}
+		}
+	}
+	cases := []struct {
+		name   string
+		f      Features
+		fn     func(int) load
+		want   int32
+		reason string
+	}{
+		{"full data scales down", base, low(-1, -1), 1, ""},
+		{"partial data in the window: no scale-down", base, low(50, -1), 10, "partial"},
+		{"stale data: no scale-down", base, low(-1, 55), 10, "stale"},
+		{"without fail-safe partial data scales down", base.Without(FailSafe), low(50, -1), 1, ""},
+		{"without fail-safe stale data scales down", base.Without(FailSafe), low(-1, 55), 1, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, now := warm(cfg4(), c.f, 40, 10)
+			d, _ := drive(a, now, 61, c.fn)
+			if d.Desired != c.want || !strings.Contains(d.Reason, c.reason) {
+				t.Fatalf("got %d (%s), want %d with %q", d.Desired, d.Reason, c.want, c.reason)
+			}
+		})
+	}
+}
+
+func TestNewLeaderStartsConservatively(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		f    Features
+		secs int
+		want int32
+	}{
+		{"before a full window: hold", Features{}.Without(Stabilization), 59, 10},
+		{"after a full window: scale down", Features{}.Without(Stabilization), 61, 1},
+		{"without fail-safe: at once", Features{}.Without(Stabilization).Without(FailSafe), 2, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a := NewAutoscaler(cfg4(), c.f, t0)
+			d, _ := drive(a, t0, c.secs, steady(2, 10))
+			if d.Desired != c.want {
+				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
+			}
+		})
+	}
+}
+
+func TestBoundsAndScaleToZero(t *testing.T) {
+	c := cfg4()
+	c.MinReplicas, c.MaxReplicas = 0, 6
+	f := Features{}.Without(Stabilization)
+	a, now := warm(c, f, 0, 2)
+	if d, _ := drive(a, now, 2, steady(0, 2)); d.Desired != 0 || d.Direction != Down {
+		t.Fatalf("idle with min 0: got %+v", d)
+	}
+	if d, _ := drive(a, now.Add(2*time.Second), 10, steady(400, 0)); d.Desired != 6 || d.Direction != Up {
+		t.Fatalf("max bound: got %d (%s)", d.Desired, d.Reason)
+	}
+}
+
+func TestSetConfig(t *testing.T) {
+	a, now := warm(cfg4(), Features{}, 20, 5)
+	c := cfg4()
+	c.Target = 2
+	a.SetConfig(c)
+	if d, _ := drive(a, now, 1, steady(20, 5)); d.Desired != 10 {
+		t.Fatalf("new target not used: %d (%s)", d.Desired, d.Reason)
+	}
+	if a.Config() != c {
+		t.Fatal("Config() does not return the new config")
+	}
+}
+
+func TestReasonIsReadable(t *testing.T) {
+	a, now := warm(cfg4(), Features{}, 20, 5)
+	d, _ := drive(a, now, 1, func(int) load { return load{conc: 60, inFlight: 60, ready: 5, requested: 5} })
+	for _, frag := range []string{"in-flight", "target 4", "panic", "5 →"} {
+		if !strings.Contains(d.Reason, frag) {
+			t.Fatalf("reason %q lacks %q", d.Reason, frag)
+		}
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	a, now := warm(cfg4(), Features{}, 20, 5)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		now = now.Add(time.Second)
+		c := 20 + float64(i%7)
+		a.Observe(Observation{Time: now, Concurrency: c, InFlight: c, Arrivals: 3, Completions: 3,
+			MeanDuration: 6 * time.Second, Ready: 5, Requested: 5})
+		a.Decide(now)
+	}
+}
