@@ -1,0 +1,176 @@
+// Package controlplane starts the real test control plane (kube-apiserver and
+// etcd built by test/controlplane/build.sh into .cache/controlplane/bin) through
+// controller-runtime's envtest, for integration tests of the main module.
+//
+// Use it from one TestMain per test package:
+//
+//	func TestMain(m *testing.M) { os.Exit(controlplane.Main(m)) }
+//
+// and in each test take the admin config with controlplane.Config(t). When the
+// binaries are missing the tests skip with a message naming build.sh, unless
+// INFLIGHT_REQUIRE_CONTROLPLANE=1 is set (as in CI), in which case they fail.
+//
+// Concurrency: Main runs once per test binary before any test; Config may be
+// called from any goroutine afterwards (the state is written before m.Run).
+package controlplane
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// RequireEnv names the environment variable that turns a missing control
+// plane from a skip into a failure.
+const RequireEnv = "INFLIGHT_REQUIRE_CONTROLPLANE"
+
+// ErrMissing is returned (wrapped) when the binaries have not been built.
+var ErrMissing = errors.New("test control plane binaries missing: run test/controlplane/build.sh")
+
+// BinDir returns the folder holding kube-apiserver and etcd: $KUBEBUILDER_ASSETS
+// when set, else <repo>/.cache/controlplane/bin where <repo> is the first
+// ancestor of the working directory holding a go.mod of the main module.
+func BinDir() (string, error) {
+	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+		return d, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, ".cache", "controlplane", "bin"), nil
+}
+
+// RepoRoot walks up from the working directory to the folder whose go.mod
+// declares the module github.com/inflight-dev/inflight.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for i := 0; i < 64; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && isMainModule(b) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return "", errors.New("controlplane: no go.mod of github.com/inflight-dev/inflight above the working directory")
+}
+
+func isMainModule(gomod []byte) bool {
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if strings.TrimSpace(line) == "module github.com/inflight-dev/inflight" {
+			return true
+		}
+	}
+	return false
+}
+
+// Env is a running control plane.
+type Env struct {
+	// Config authenticates as an admin (group system:masters).
+	Config *rest.Config
+	env    *envtest.Environment
+}
+
+// Start checks the binaries and starts etcd and kube-apiserver on loopback.
+// The error wraps ErrMissing when the binaries have not been built.
+func Start() (*Env, error) {
+	dir, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.IsDir() {
+			return nil, fmt.Errorf("%w (no %s in %s)", ErrMissing, name, dir)
+		}
+	}
+	ctrllog.SetLogger(logr.Discard())
+	e := &envtest.Environment{
+		BinaryAssetsDirectory:    dir,
+		ControlPlaneStartTimeout: 60 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	// envtest reads KUBEBUILDER_ASSETS before BinaryAssetsDirectory.
+	if err := os.Setenv("KUBEBUILDER_ASSETS", dir); err != nil {
+		return nil, err
+	}
+	cfg, err := e.Start()
+	if err != nil {
+		_ = e.Stop()
+		return nil, fmt.Errorf("controlplane: start kube-apiserver/etcd from %s: %w", dir, err)
+	}
+	return &Env{Config: cfg, env: e}, nil
+}
+
+// Stop stops kube-apiserver and etcd and removes their data.
+func (e *Env) Stop() error { return e.env.Stop() }
+
+// Required reports whether INFLIGHT_REQUIRE_CONTROLPLANE=1.
+func Required() bool { return os.Getenv(RequireEnv) == "1" }
+
+var shared struct {
+	env *Env
+	err error
+}
+
+// Main starts the control plane, runs the package's tests and stops it; it
+// returns the exit code for os.Exit. A missing control plane with
+// INFLIGHT_REQUIRE_CONTROLPLANE=1, or one that fails to start, makes it fail
+// without running tests; otherwise a missing one lets the tests skip.
+func Main(m *testing.M) int {
+	start := time.Now()
+	env, err := Start()
+	if err != nil {
+		shared.err = err
+		if !errors.Is(err, ErrMissing) || Required() {
+			fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+			if errors.Is(err, ErrMissing) {
+				fmt.Fprintf(os.Stderr, "FAIL: %s=1 requires the control plane\n", RequireEnv)
+			}
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "controlplane: %v; integration tests will skip\n", err)
+		return m.Run()
+	}
+	fmt.Fprintf(os.Stderr, "controlplane: kube-apiserver %s up in %v\n", env.Config.Host, time.Since(start).Round(10*time.Millisecond))
+	shared.env = env
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "controlplane: stop: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// Config returns a copy of the admin config of the control plane that Main
+// started, or skips (fails with INFLIGHT_REQUIRE_CONTROLPLANE=1) the test.
+func Config(t testing.TB) *rest.Config {
+	t.Helper()
+	if shared.env == nil {
+		if shared.err == nil {
+			t.Fatal("controlplane.Config: call controlplane.Main from TestMain first")
+		}
+		if Required() {
+			t.Fatalf("%v (%s=1)", shared.err, RequireEnv)
+		}
+		t.Skipf("%v", shared.err)
+	}
+	return rest.CopyConfig(shared.env.Config)
+}
