@@ -1,0 +1,242 @@
+// Package collecttest serves fake extproc snapshots on loopback for tests
+// and benchmarks of the collector and the controller: real HTTP servers on
+// 127.0.0.1 whose counters the test controls, following the extproc
+// contract (busy-seconds is the exact integral of in-flight over the
+// replica's clock).
+//
+// Concurrency: every method of Replica is safe for concurrent use with the
+// server's handler.
+package collecttest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/inflight-dev/inflight/extproc"
+)
+
+var boots atomic.Int64
+
+// Replica is one fake extproc replica.
+type Replica struct {
+	Name string
+	srv  *httptest.Server
+
+	mu      sync.Mutex
+	now     func() time.Time
+	bootID  string
+	targets map[key]*target
+	status  int    // 0: serve; else reply with this HTTP status
+	version string // served version
+	served  int
+}
+
+type key struct{ ns, wl, pod string }
+
+type target struct {
+	inFlight           int64
+	started, completed uint64
+	busy, durSum       float64
+	since              time.Time // of the last in-flight change
+}
+
+// NewReplica starts a replica on 127.0.0.1. now is its clock (nil:
+// time.Now). Close it when done.
+func NewReplica(name string, now func() time.Time) *Replica {
+	if now == nil {
+		now = time.Now
+	}
+	r := &Replica{Name: name, now: now, targets: map[key]*target{}, version: extproc.SnapshotVersion}
+	r.bootID = fmt.Sprintf("boot-%d", boots.Add(1))
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	return r
+}
+
+// URL is the snapshot URL.
+func (r *Replica) URL() string { return r.srv.URL + "/v1/snapshot" }
+
+// Close stops the server: connections are refused from then on.
+func (r *Replica) Close() { r.srv.Close() }
+
+// Served is the number of snapshots served.
+func (r *Replica) Served() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.served
+}
+
+// SetStatus makes the replica answer with an HTTP status (0: normal).
+func (r *Replica) SetStatus(code int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status = code
+}
+
+// SetVersion changes the served contract version.
+func (r *Replica) SetVersion(v string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.version = v
+}
+
+// Restart simulates a process restart: a new boot id and zero counters.
+func (r *Replica) Restart() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bootID = fmt.Sprintf("boot-%d", boots.Add(1))
+	r.targets = map[key]*target{}
+}
+
+func (r *Replica) get(ns, wl, pod string) *target {
+	k := key{ns, wl, pod}
+	t := r.targets[k]
+	if t == nil {
+		t = &target{since: r.now()}
+		r.targets[k] = t
+	}
+	return t
+}
+
+func (t *target) settle(now time.Time) {
+	if d := now.Sub(t.since).Seconds(); d > 0 {
+		t.busy += float64(t.inFlight) * d
+	}
+	t.since = now
+}
+
+// Start begins n requests of workload ns/wl on pod.
+func (r *Replica) Start(ns, wl, pod string, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.get(ns, wl, pod)
+	t.settle(r.now())
+	t.inFlight += int64(n)
+	t.started += uint64(n)
+}
+
+// Complete ends n requests of ns/wl on pod, each having taken d.
+func (r *Replica) Complete(ns, wl, pod string, n int, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.get(ns, wl, pod)
+	t.settle(r.now())
+	n = min(n, int(t.inFlight))
+	t.inFlight -= int64(n)
+	t.completed += uint64(n)
+	t.durSum += float64(n) * d.Seconds()
+}
+
+// SetInFlight sets the in-flight count of ns/wl on pod to n by starting or
+// completing requests (completions with duration d).
+func (r *Replica) SetInFlight(ns, wl, pod string, n int, d time.Duration) {
+	r.mu.Lock()
+	t := r.get(ns, wl, pod)
+	cur := int(t.inFlight)
+	r.mu.Unlock()
+	if n > cur {
+		r.Start(ns, wl, pod, n-cur)
+	} else if n < cur {
+		r.Complete(ns, wl, pod, cur-n, d)
+	}
+}
+
+// Snapshot returns the document the replica would serve now.
+func (r *Replica) Snapshot() extproc.Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.snapshotLocked()
+}
+
+func (r *Replica) snapshotLocked() extproc.Snapshot {
+	now := r.now()
+	s := extproc.Snapshot{Version: r.version, Replica: r.Name, BootID: r.bootID, Time: now,
+		Targets: make([]extproc.TargetRecord, 0, len(r.targets))}
+	for k, t := range r.targets {
+		t.settle(now)
+		s.Targets = append(s.Targets, extproc.TargetRecord{
+			Namespace: k.ns, Workload: k.wl, Service: k.wl, Pod: k.pod,
+			InFlight: t.inFlight, Started: t.started, Completed: t.completed,
+			BusySeconds: t.busy, DurationSecondsSum: t.durSum,
+		})
+	}
+	sort.Slice(s.Targets, func(i, j int) bool {
+		a, b := s.Targets[i], s.Targets[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Workload != b.Workload {
+			return a.Workload < b.Workload
+		}
+		return a.Pod < b.Pod
+	})
+	return s
+}
+
+func (r *Replica) serve(w http.ResponseWriter, req *http.Request) {
+	if req.URL.Path != "/v1/snapshot" {
+		http.NotFound(w, req)
+		return
+	}
+	r.mu.Lock()
+	status := r.status
+	var body []byte
+	var err error
+	if status == 0 {
+		s := r.snapshotLocked()
+		body, err = json.Marshal(s)
+		r.served++
+	}
+	r.mu.Unlock()
+	if status != 0 {
+		http.Error(w, http.StatusText(status), status)
+		return
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
+// Static serves a fixed, pre-encoded snapshot body (for benchmarks, where
+// encoding on every request would measure the fake rather than the reader).
+type Static struct {
+	srv  *httptest.Server
+	body atomic.Pointer[[]byte]
+}
+
+// NewStatic starts a server on 127.0.0.1 serving s.
+func NewStatic(s extproc.Snapshot) (*Static, error) {
+	st := &Static{}
+	if err := st.Set(s); err != nil {
+		return nil, err
+	}
+	st.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(*st.body.Load())
+	}))
+	return st, nil
+}
+
+// Set replaces the served snapshot.
+func (s *Static) Set(snap extproc.Snapshot) error {
+	b, err := json.Marshal(snap)
+	if err != nil {
+		return err
+	}
+	s.body.Store(&b)
+	return nil
+}
+
+// URL is the snapshot URL.
+func (s *Static) URL() string { return s.srv.URL + "/v1/snapshot" }
+
+// Close stops the server.
+func (s *Static) Close() { s.srv.Close() }
