@@ -171,6 +171,7 @@ type sample struct {
 	inFlight float64
 	arr      float64
 	comp     float64
+	ready    float64
 	partial  bool
 }
 
@@ -228,7 +229,7 @@ func (a *Autoscaler) Observe(o Observation) {
 		}
 	}
 	s := sample{t: o.Time, dt: dt, conc: o.Concurrency, inFlight: o.InFlight,
-		arr: o.Arrivals, comp: o.Completions, partial: o.Partial}
+		arr: o.Arrivals, comp: o.Completions, ready: float64(max(0, o.Ready)), partial: o.Partial}
 	if bad(s.conc) {
 		s.conc, s.partial = math.Max(0, o.InFlight), true
 	}
@@ -293,7 +294,8 @@ type windowStats struct {
 	stable, panic           float64 // time-averaged concurrency
 	shortSlope              float64 // over the panic window
 	longSlope, longSE       float64 // over the stable window
-	arrRate, compRate       float64 // per second, over the panic window
+	arrRate                 float64 // per second, over the panic window
+	perReplica              float64 // completions per ready replica-second while saturated (0: unknown)
 	partial                 bool    // a partial sample in the stable window
 	covered                 float64 // seconds of data in the stable window
 	meanDT                  float64
@@ -304,7 +306,7 @@ type windowStats struct {
 func (a *Autoscaler) stats(now time.Time) windowStats {
 	var ws windowStats
 	W, P := a.cfg.Window.Seconds(), a.cfg.PanicWindow.Seconds()
-	var sw, sc, pw, pc, pa, pcomp float64
+	var sw, sc, pw, pc, pa, satComp, satReady float64
 	var short, long regression
 	for k := 0; k < a.n; k++ {
 		s := a.at(k)
@@ -321,12 +323,17 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 		sc += over * s.conc
 		long.add(x, s.conc)
 		ws.partial = ws.partial || s.partial
+		if s.ready > 0 && s.conc > s.ready*a.cfg.Target {
+			// Saturated: the ready replicas had all the work they could
+			// take, so their completions measure their throughput.
+			satComp += s.comp
+			satReady += s.ready * s.dt
+		}
 		if age < P {
 			o := math.Min(s.dt, P-age)
 			pw += o
 			pc += o * s.conc
 			pa += s.arr * o / s.dt
-			pcomp += s.comp * o / s.dt
 			short.add(x, s.conc)
 		}
 	}
@@ -336,7 +343,10 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 	}
 	if pw > 0 {
 		ws.panic, ws.havePanicAv = pc/pw, true
-		ws.arrRate, ws.compRate = pa/pw, pcomp/pw
+		ws.arrRate = pa / pw
+	}
+	if satReady >= 5 && satComp > 0 {
+		ws.perReplica = satComp / satReady
 	}
 	ws.covered = sw
 	ws.shortSlope, _ = short.slope()
@@ -451,27 +461,38 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	}
 	if a.panicking {
 		want = max(want, cur, a.panicMax)
-		a.panicMax = want
 		note("panic")
 	}
 
-	// 4. Cold-start awareness.
-	starting := o.Starting > 0 || o.Requested > o.Ready
-	if f.On(ColdStartAware) && starting && want > cur {
-		need := int32(-1)
-		switch {
-		case o.Ready > 0 && ws.compRate > 0:
-			perReplica := ws.compRate / float64(o.Ready)
-			flow := ws.arrRate / perReplica
-			backlog := math.Max(0, o.InFlight-flow*target)
-			need = ceilReplicas(flow*1.1 + backlog/(perReplica*lead.Seconds()))
-		case o.MeanDuration > 0:
-			need = ceilReplicas(ws.arrRate * o.MeanDuration.Seconds() * 1.1 / target)
+	// 4. Cold-start awareness. A replica asked for now is ready one cold
+	// start L later. Forecast the queue at now+L: it grows by the arrivals
+	// beyond what the ready replicas serve, less what the replicas already
+	// starting serve once ready (on average half-way through L). Size for
+	// the arrival flow plus draining that forecast backlog over one more L,
+	// at the measured per-replica throughput, and never ask for more than
+	// that: the queue that builds during a cold start is not demand.
+	queued := o.InFlight > float64(o.Ready)*target
+	if f.On(ColdStartAware) && want > cur && (o.Starting > 0 || o.Requested > o.Ready || queued) {
+		perReplica := ws.perReplica
+		if perReplica == 0 && o.MeanDuration > 0 {
+			perReplica = target / o.MeanDuration.Seconds() // durations include waits: conservative
 		}
-		if need >= 0 && want > max(cur, need) {
-			want = max(cur, need)
-			note("%d starting: capped at %d", max(o.Starting, o.Requested-o.Ready), want)
+		if perReplica > 0 {
+			L := lead.Seconds()
+			ready := float64(o.Ready)
+			starting := math.Max(0, float64(max(cur, o.Ready+o.Starting))-ready)
+			backlog := math.Max(0, o.InFlight-ready*target)
+			atL := math.Max(0, backlog+(ws.arrRate-ready*perReplica)*L-starting*perReplica*L/2)
+			need := ceilReplicas((ws.arrRate*1.1 + atL/L) / perReplica)
+			if want > max(cur, need) {
+				want = max(cur, need)
+				note("%.0f starting, %.1f req/s at %.2f req/s per replica, %.0f queued in %v: capped at %d",
+					starting, ws.arrRate, perReplica, atL, lead, want)
+			}
 		}
+	}
+	if a.panicking {
+		a.panicMax = want
 	}
 
 	// 5. Stabilization and ratio caps.

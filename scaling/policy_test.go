@@ -206,15 +206,18 @@ func TestColdStartAwareness(t *testing.T) {
 		f    Features
 		want int32
 	}{
-		// flow 6/1.2 = 5 replicas ×1.1, backlog (200 − 5×8)/(1.2×120) = 1.1 → 7.
-		{"starting replicas count as capacity on the way", base, 7},
+		// 1.2 req/s per saturated replica. In one cold start (120 s) the
+		// queue beyond the ready slots grows from 184 by (6 − 2.4)×120 and
+		// the 3 starting replicas serve 3×1.2×60 of it: 400 left. Size for
+		// (6×1.1 + 400/120)/1.2 = 8.3 → 9, not 200/8 = 25.
+		{"starting replicas count as capacity on the way", base, 9},
 		{"without it the queue causes runaway scale-up", base.Without(ColdStartAware), 25},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := cfg4()
 			cfg.Target = 8
-			a, now := warm(cfg, c.f, 40, 5)
+			a, now := warm(cfg, c.f, 30, 5)
 			d, _ := drive(a, now, 10, queue)
 			if d.Desired != c.want {
 				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
@@ -222,7 +225,7 @@ func TestColdStartAwareness(t *testing.T) {
 		})
 	}
 	t.Run("never below the replicas already requested", func(t *testing.T) {
-		a, now := warm(cfg4(), base, 40, 10)
+		a, now := warm(cfg4(), base, 30, 10)
 		d, _ := drive(a, now, 10, func(int) load {
 			return load{conc: 100, inFlight: 100, arr: 1, comp: 1, ready: 2, starting: 8, requested: 10}
 		})
