@@ -1,0 +1,769 @@
+package envoy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/inflight-dev/inflight/mesh"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// ErrMessageTimeout is Result.ProcessorErr when the per-message timer fired.
+var ErrMessageTimeout = errors.New("ext_proc_error_per-message_timeout_exceeded")
+
+// Client is the Envoy side of ext_proc for many HTTP requests: one
+// ext_proc filter configuration talking to one or more server replicas. It
+// holds ConnsPerReplica grpc.ClientConns per replica and picks one per side
+// stream. Do may be called from many goroutines at once.
+type Client struct {
+	cfg      Config
+	mode     *filterv3.ProcessingMode
+	replicas [][]*conn
+
+	rr      atomic.Uint64
+	connRR  atomic.Uint64
+	tags    atomic.Uint64
+	reqIDs  atomic.Uint64
+	rndMu   sync.Mutex
+	rnd     *rand.Rand
+	streams sync.WaitGroup // side streams not yet closed
+}
+
+type conn struct {
+	cc     *grpc.ClientConn
+	client extprocv3.ExternalProcessorClient
+	tab    *wireTable
+}
+
+// NewClient connects (lazily, as gRPC does) to the replicas at addrs, each
+// a loopback host:port.
+func NewClient(cfg Config, addrs ...string) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("envoy harness: no server address")
+	}
+	c := &Client{cfg: cfg.withDefaults(), mode: cfg.mode()}
+	c.rnd = rand.New(rand.NewPCG(uint64(cfg.Seed), 0x9e3779b97f4a7c15))
+	// Tags are unique across clients talking to the same server.
+	c.tags.Store(rand.Uint64N(1<<40) << 20)
+	for _, a := range addrs {
+		if err := checkLoopback(a); err != nil {
+			_ = c.closeConns()
+			return nil, err
+		}
+		var rep []*conn
+		for range c.cfg.ConnsPerReplica {
+			tab := newWireTable()
+			dial := func(ctx context.Context, addr string) (net.Conn, error) {
+				var d net.Dialer
+				nc, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				return tab.wrap(nc), nil
+			}
+			cc, err := grpc.NewClient("passthrough:///"+a,
+				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithContextDialer(dial),
+				grpc.WithDisableRetry(), // one stream per HTTP request, as Envoy
+			)
+			if err != nil {
+				c.replicas = append(c.replicas, rep)
+				_ = c.closeConns()
+				return nil, err
+			}
+			rep = append(rep, &conn{cc: cc, client: extprocv3.NewExternalProcessorClient(cc), tab: tab})
+		}
+		c.replicas = append(c.replicas, rep)
+	}
+	return c, nil
+}
+
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("envoy harness: address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("envoy harness: address %q is not a loopback IP", addr)
+	}
+	return nil
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (c *Client) Config() Config { return c.cfg }
+
+// Wait blocks until every side stream opened so far is closed (including
+// deferred and graceful closes). Call it once the Do calls have returned.
+func (c *Client) Wait() { c.streams.Wait() }
+
+// Close waits for the open side streams, then closes the connections.
+func (c *Client) Close() error {
+	c.Wait()
+	return c.closeConns()
+}
+
+func (c *Client) closeConns() error {
+	var errs []error
+	for _, rep := range c.replicas {
+		for _, cn := range rep {
+			errs = append(errs, cn.cc.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Client) pick() (int, *conn) {
+	var i int
+	switch c.cfg.Balancing {
+	case Random:
+		c.rndMu.Lock()
+		i = c.rnd.IntN(len(c.replicas))
+		c.rndMu.Unlock()
+	default:
+		i = int((c.rr.Add(1) - 1) % uint64(len(c.replicas)))
+	}
+	rep := c.replicas[i]
+	return i, rep[int((c.connRR.Add(1)-1)%uint64(len(rep)))]
+}
+
+// Do runs one HTTP request through the filter and returns when the request
+// is over for the downstream client. The side stream may close later
+// (Result.Wait). ctx bounds the upstream delays only: cancelling it acts as
+// a client abort at the current point.
+func (c *Client) Do(ctx context.Context, req *Request) *Result {
+	f := &filter{c: c, cfg: &c.cfg, mode: c.mode, req: req, observe: c.cfg.Profile == Observe,
+		res: &Result{done: make(chan struct{})}, endOff: -1}
+	f.run(ctx)
+	return f.res
+}
+
+// filter is one HTTP stream's ext_proc filter instance. All its methods run
+// on the goroutine of Do, and after Do returns only on the goroutine doing
+// the deferred close; the receive goroutine touches only replies, recvErr,
+// recvAt (published by closing recvDone) and ignore.
+type filter struct {
+	c       *Client
+	cfg     *Config
+	mode    *filterv3.ProcessingMode
+	req     *Request
+	res     *Result
+	observe bool
+
+	cn      *conn
+	ws      *wireStream
+	tag     uint64
+	stream  extprocv3.ExternalProcessor_ProcessClient
+	cancel  context.CancelFunc
+	replies chan received
+	ignore  atomic.Bool
+
+	recvDone chan struct{}
+	recvErr  error
+	recvAt   time.Time
+
+	queued        int64 // gRPC payload bytes handed to SendMsg
+	endOff        int64 // payload offset of the first message that may end the request, or -1
+	reqAttrsSent  bool
+	respAttrsSent bool
+	done          bool // the processor is no longer used for this request
+	closed        bool
+	localStatus   int
+	endAck        time.Time
+	closeStyle    CloseStyle
+}
+
+type received struct {
+	msg *extprocv3.ProcessingResponse
+	at  time.Time
+}
+
+func (f *filter) run(ctx context.Context) {
+	req, res, m := f.req, f.res, f.mode
+	if req.Failure.Phase == AbortBeforeRequestHeaders {
+		res.Outcome = NeverStarted
+		close(res.done)
+		return
+	}
+	// decodeHeaders / decodeData / decodeTrailers.
+	hasBody, hasTrailers := len(req.Body) > 0, len(req.Trailers) > 0
+	if m.RequestHeaderMode == filterv3.ProcessingMode_SEND {
+		if !f.process(RequestHeaders, f.headers(RequestHeaders, !hasBody && !hasTrailers)) {
+			f.endLocal()
+			return
+		}
+	}
+	if m.RequestBodyMode == filterv3.ProcessingMode_STREAMED {
+		for i, b := range req.Body {
+			if !f.process(RequestBody, body(RequestBody, b, i == len(req.Body)-1 && !hasTrailers)) {
+				f.endLocal()
+				return
+			}
+		}
+	}
+	if hasTrailers && m.RequestTrailerMode == filterv3.ProcessingMode_SEND {
+		if !f.process(RequestTrailers, f.trailers(RequestTrailers, req.Trailers)) {
+			f.endLocal()
+			return
+		}
+	}
+	fail := req.Failure
+	if fail.Phase == AbortAfterRequestHeaders {
+		f.delay(ctx, fail.Delay)
+		res.Outcome = DownstreamReset
+		f.destroy()
+		return
+	}
+	// The upstream thinks.
+	if !f.delay(ctx, req.Response.HeadersDelay) {
+		res.Outcome = DownstreamReset
+		f.destroy()
+		return
+	}
+	if fail.Phase == UpstreamResetBeforeHeaders {
+		f.delay(ctx, fail.Delay)
+		// The router's local reply is not sent to ext_proc (≥ 1.34).
+		res.Outcome, res.Status = LocalReply, 503
+		f.destroy()
+		return
+	}
+	// encodeHeaders.
+	resp := req.Response
+	hasRespBody, hasRespTrailers := len(resp.Body) > 0, len(resp.Trailers) > 0
+	if f.cfg.Version >= Envoy137 && f.responseUnprocessed() {
+		f.closeStream()
+	}
+	if m.ResponseHeaderMode == filterv3.ProcessingMode_SEND {
+		if !f.process(ResponseHeaders, f.headers(ResponseHeaders, !hasRespBody && !hasRespTrailers)) {
+			f.endLocal()
+			return
+		}
+	}
+	res.Status = resp.Status
+	if res.Status == 0 {
+		res.Status = 200
+	}
+	// encodeData.
+	streamed := m.ResponseBodyMode == filterv3.ProcessingMode_STREAMED
+	midBody := fail.Phase == AbortMidResponseBody || fail.Phase == UpstreamResetMidBody
+	for i, b := range resp.Body {
+		if midBody && i == fail.AfterChunks {
+			break
+		}
+		if !f.delay(ctx, resp.ChunkDelay) {
+			midBody = true
+			break
+		}
+		if req.OnResponseChunk != nil {
+			req.OnResponseChunk(i, res)
+		}
+		if streamed {
+			eos := i == len(resp.Body)-1 && !hasRespTrailers
+			if !f.process(ResponseBody, body(ResponseBody, b, eos)) {
+				f.endLocal()
+				return
+			}
+		}
+	}
+	if midBody {
+		f.delay(ctx, fail.Delay)
+		res.Outcome = DownstreamReset
+		f.destroy()
+		return
+	}
+	// encodeTrailers.
+	if hasRespTrailers {
+		switch {
+		case m.ResponseTrailerMode == filterv3.ProcessingMode_SEND:
+			if !f.process(ResponseTrailers, f.trailers(ResponseTrailers, resp.Trailers)) {
+				f.endLocal()
+				return
+			}
+		case streamed:
+			// Trailers not sent: a STREAMED body still gets its end of
+			// stream, as an empty last chunk.
+			if !f.process(ResponseBody, body(ResponseBody, nil, true)) {
+				f.endLocal()
+				return
+			}
+		}
+	}
+	res.Outcome = Completed
+	f.destroy()
+}
+
+// responseUnprocessed is noExternalProcess() for the response path.
+func (f *filter) responseUnprocessed() bool {
+	m := f.mode
+	return m.ResponseHeaderMode == filterv3.ProcessingMode_SKIP &&
+		m.ResponseBodyMode == filterv3.ProcessingMode_NONE &&
+		m.ResponseTrailerMode != filterv3.ProcessingMode_SEND
+}
+
+// endLocal ends a request the filter stopped: a local reply if the response
+// had not started, a downstream reset otherwise.
+func (f *filter) endLocal() {
+	if f.res.Status != 0 {
+		f.res.Outcome = DownstreamReset
+	} else {
+		f.res.Outcome, f.res.Status = LocalReply, f.localStatus
+	}
+	f.destroy()
+}
+
+// delay waits d (the upstream's or client's timing); false if ctx ended.
+func (f *filter) delay(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// process sends one message and, in control mode, awaits its reply. It
+// returns false if the request must end with a local reply or reset.
+func (f *filter) process(kind Kind, msg *extprocv3.ProcessingRequest) bool {
+	if f.done {
+		return true
+	}
+	if f.stream == nil {
+		if err := f.open(); err != nil {
+			// The stream could not open: failure_mode_allow applies.
+			return f.failure(err, f.cfg.StatusOnError)
+		}
+	}
+	sentAt, ok := f.send(kind, msg)
+	if !ok {
+		return f.afterStreamEnd()
+	}
+	if f.observe {
+		return true
+	}
+	t := time.NewTimer(f.cfg.MessageTimeout)
+	defer t.Stop()
+	select {
+	case r := <-f.replies:
+		return f.onReply(kind, msg, sentAt, r)
+	case <-f.recvDone:
+		return f.afterStreamEnd()
+	case <-t.C:
+		return f.failure(ErrMessageTimeout, 504)
+	}
+}
+
+func (f *filter) onReply(kind Kind, msg *extprocv3.ProcessingRequest, sentAt time.Time, r received) bool {
+	res := f.res
+	if ir := r.msg.GetImmediateResponse(); ir != nil {
+		res.ImmediateResponse = true
+		f.localStatus = int(ir.GetStatus().GetCode())
+		if f.localStatus == 0 {
+			f.localStatus = 200
+		}
+		f.closeStream()
+		return false
+	}
+	if !replyMatches(kind, r.msg) {
+		return f.failure(status.Errorf(codes.FailedPrecondition, "spurious message %T for %v", r.msg.GetResponse(), kind), f.cfg.StatusOnError)
+	}
+	if len(res.Replies) == 0 {
+		res.Stream.FirstReply = r.at
+	}
+	res.Replies = append(res.Replies, Reply{Kind: kind, Latency: r.at.Sub(sentAt)})
+	if endsRequest(kind, msg) {
+		f.endAck = r.at
+	}
+	if f.cfg.Version >= Envoy137 && f.lastExpected(kind, msg) {
+		f.closeStream()
+	}
+	return true
+}
+
+// lastExpected is closeGrpcStreamIfLastRespReceived's test: no further
+// message can follow the reply to this one.
+func (f *filter) lastExpected(kind Kind, msg *extprocv3.ProcessingRequest) bool {
+	m := f.mode
+	switch kind {
+	case ResponseHeaders:
+		eos := msg.GetResponseHeaders().GetEndOfStream()
+		return eos || (m.ResponseBodyMode == filterv3.ProcessingMode_NONE && m.ResponseTrailerMode != filterv3.ProcessingMode_SEND)
+	case ResponseBody:
+		return msg.GetResponseBody().GetEndOfStream()
+	case ResponseTrailers:
+		return true
+	}
+	return false
+}
+
+// afterStreamEnd handles a stream the server ended: with OK the filter
+// carries on without the processor; with an error it is a gRPC failure.
+func (f *filter) afterStreamEnd() bool {
+	<-f.recvDone
+	if f.recvErr == nil {
+		f.done = true
+		f.closeStream()
+		return true
+	}
+	if f.observe {
+		// Observability mode never pauses on the processor.
+		f.res.ProcessorErr = f.recvErr
+		f.done = true
+		f.closeStream()
+		return true
+	}
+	return f.failure(f.recvErr, f.cfg.StatusOnError)
+}
+
+// failure applies failure_mode_allow after a timeout, gRPC error, spurious
+// reply or a stream that could not open.
+func (f *filter) failure(err error, closedStatus int) bool {
+	f.res.ProcessorErr = err
+	f.done = true
+	f.closeStream()
+	if !f.cfg.FailClosed {
+		f.res.FailOpen = true
+		return true
+	}
+	f.localStatus = closedStatus
+	return false
+}
+
+func replyMatches(kind Kind, r *extprocv3.ProcessingResponse) bool {
+	switch r.GetResponse().(type) {
+	case *extprocv3.ProcessingResponse_RequestHeaders:
+		return kind == RequestHeaders
+	case *extprocv3.ProcessingResponse_RequestBody:
+		return kind == RequestBody
+	case *extprocv3.ProcessingResponse_RequestTrailers:
+		return kind == RequestTrailers
+	case *extprocv3.ProcessingResponse_ResponseHeaders:
+		return kind == ResponseHeaders
+	case *extprocv3.ProcessingResponse_ResponseBody:
+		return kind == ResponseBody
+	case *extprocv3.ProcessingResponse_ResponseTrailers:
+		return kind == ResponseTrailers
+	}
+	return false
+}
+
+// endsRequest: a message after which a server counting requests ends this
+// one (response end_of_stream or trailers).
+func endsRequest(kind Kind, msg *extprocv3.ProcessingRequest) bool {
+	switch kind {
+	case ResponseHeaders:
+		return msg.GetResponseHeaders().GetEndOfStream()
+	case ResponseBody:
+		return msg.GetResponseBody().GetEndOfStream()
+	case ResponseTrailers:
+		return true
+	}
+	return false
+}
+
+// open starts the side stream: lazily, on the first message.
+func (f *filter) open() error {
+	idx, cn := f.c.pick()
+	f.cn = cn
+	f.res.Stream.Replica = idx
+	f.tag = f.c.tags.Add(1)
+	f.res.Stream.Tag = f.tag
+	f.ws = cn.tab.register(f.tag)
+	ctx, cancel := context.WithCancel(context.Background())
+	ctx = metadata.AppendToOutgoingContext(ctx, StreamTagHeader, strconv.FormatUint(f.tag, 10))
+	st, err := cn.client.Process(ctx)
+	if err != nil {
+		cancel()
+		cn.tab.forget(f.tag)
+		return err
+	}
+	f.stream, f.cancel = st, cancel
+	f.replies = make(chan received, 16)
+	f.recvDone = make(chan struct{})
+	f.res.Stream.Opened = true
+	f.c.streams.Add(1)
+	go f.receive()
+	return nil
+}
+
+func (f *filter) receive() {
+	for {
+		m, err := f.stream.Recv()
+		now := time.Now()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			f.recvErr, f.recvAt = err, now
+			close(f.recvDone)
+			return
+		}
+		if f.observe || f.ignore.Load() {
+			continue // Envoy ignores the reply
+		}
+		select {
+		case f.replies <- received{msg: m, at: now}:
+		default: // more unsolicited replies than anyone awaits: dropped
+		}
+	}
+}
+
+// send sends msg on the open stream with the per-stream extras
+// (observability flag, protocol_config, attributes once per direction).
+// ok=false means the stream had already ended (see afterStreamEnd).
+func (f *filter) send(kind Kind, msg *extprocv3.ProcessingRequest) (time.Time, bool) {
+	first := len(f.res.Sent) == 0
+	msg.ObservabilityMode = f.observe
+	if first && !f.observe && !f.cfg.NoProtocolConfig {
+		msg.ProtocolConfig = &extprocv3.ProtocolConfiguration{
+			RequestBodyMode:  f.mode.RequestBodyMode,
+			ResponseBodyMode: f.mode.ResponseBodyMode,
+		}
+	}
+	if kind < ResponseHeaders && !f.reqAttrsSent {
+		f.reqAttrsSent = true
+		if s := attributesStruct(f.req.Attributes); s != nil {
+			msg.Attributes = map[string]*structpb.Struct{mesh.AttributesKey: s}
+		}
+	}
+	if kind >= ResponseHeaders && !f.respAttrsSent {
+		f.respAttrsSent = true
+		if s := attributesStruct(f.req.ResponseAttributes); s != nil {
+			msg.Attributes = map[string]*structpb.Struct{mesh.AttributesKey: s}
+		}
+	}
+	if f.endOff < 0 && endsRequest(kind, msg) {
+		f.endOff = f.queued
+	}
+	f.queued += 5 + int64(proto.Size(msg))
+	f.res.Sent = append(f.res.Sent, kind)
+	now := time.Now()
+	if err := f.stream.Send(msg); err != nil {
+		return now, false
+	}
+	return now, true
+}
+
+// destroy is onDestroy: close the stream now, or after
+// deferred_close_timeout in observability mode.
+func (f *filter) destroy() {
+	if f.stream == nil || f.closed {
+		if f.stream == nil {
+			close(f.res.done)
+		}
+		return
+	}
+	if f.observe {
+		go func() {
+			var fire <-chan time.Time
+			if f.cfg.deferredClock != nil {
+				fire = f.cfg.deferredClock(f.cfg.DeferredCloseTimeout)
+			} else {
+				t := time.NewTimer(f.cfg.DeferredCloseTimeout)
+				defer t.Stop()
+				fire = t.C
+			}
+			select {
+			case <-fire:
+			case <-f.recvDone: // the server ended it first
+			}
+			f.closeStream()
+		}()
+		return
+	}
+	f.closeStream()
+}
+
+// closeStream closes the side stream in the configured style, at most once,
+// then finalizes Result.Stream and closes Result.done.
+func (f *filter) closeStream() {
+	if f.stream == nil || f.closed {
+		return
+	}
+	f.closed = true
+	f.ignore.Store(true) // replies from now on are late: ignored
+	tab, ws, si := f.cn.tab, f.ws, &f.res.Stream
+	style := f.cfg.CloseStyle
+	si.Close = style
+	wctx, wcancel := context.WithTimeout(context.Background(), f.cfg.WireTimeout)
+	defer wcancel()
+	queued := f.queued
+	written := func(w *wireStream) bool { return w.dataWritten >= queued }
+	halfClosed := func(w *wireStream) bool { return w.endStream && w.dataWritten >= queued }
+	wait := func(cond func(*wireStream) bool) error {
+		// Stop waiting if the RPC already ended: nothing more will be written.
+		stop, cancel := context.WithCancel(wctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-f.recvDone:
+				cancel()
+			case <-stop.Done():
+			}
+		}()
+		err := tab.waitWritten(stop, ws, cond)
+		if err != nil && isClosed(f.recvDone) {
+			return nil
+		}
+		return err
+	}
+	switch {
+	case f.cfg.naiveReset:
+		_ = f.stream.CloseSend()
+	case style == CloseGraceful:
+		_ = f.stream.CloseSend()
+		t := time.NewTimer(f.cfg.GracefulCloseTimeout)
+		select {
+		case <-f.recvDone:
+		case <-t.C:
+			si.WireErr = wait(halfClosed)
+		}
+		t.Stop()
+	case style == CloseResetOnly:
+		si.WireErr = wait(written)
+	default:
+		_ = f.stream.CloseSend()
+		si.WireErr = wait(halfClosed)
+	}
+	f.cancel()
+	<-f.recvDone
+	// Canceled is our own cancel; anything else means the server ended the
+	// RPC (its status arrived), so no RST_STREAM follows.
+	if status.Code(f.recvErr) != codes.Canceled {
+		f.endAck = latest(f.endAck, f.recvAt)
+	} else {
+		// Our cancel resets the stream: wait until the RST is written so the
+		// timeline is complete.
+		rctx, rcancel := context.WithTimeout(context.Background(), f.cfg.WireTimeout)
+		_ = tab.waitWritten(rctx, ws, func(w *wireStream) bool { return w.rst })
+		rcancel()
+	}
+	si.ServerStatus = f.recvErr
+	si.Bytes = f.queued
+	first, ok := tab.writtenAt(ws, 0)
+	if ok {
+		si.FirstWrite = first
+	}
+	endAt, rstAt := tab.ends(ws)
+	si.HalfClosed, si.Reset = !endAt.IsZero(), !rstAt.IsZero()
+	if f.endOff >= 0 {
+		if at, ok := tab.writtenAt(ws, f.endOff); ok {
+			si.EndWrite = at
+		}
+	}
+	for _, at := range []time.Time{endAt, rstAt} {
+		if si.EndWrite.IsZero() || (!at.IsZero() && at.Before(si.EndWrite)) {
+			si.EndWrite = at
+		}
+	}
+	si.EndAck = f.endAck
+	si.Uncertain = len(f.res.Replies) == 0 && si.Reset && !si.FirstWrite.IsZero() &&
+		rstAt.Sub(si.FirstWrite) < f.cfg.UncertainWindow
+	tab.forget(f.tag)
+	f.c.streams.Done()
+	close(f.res.done)
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// headers builds an HttpHeaders message as Envoy does: lower-cased keys,
+// pseudo-headers first, values in raw_value (or value).
+func (f *filter) headers(kind Kind, eos bool) *extprocv3.ProcessingRequest {
+	req := f.req
+	var hs []Header
+	if kind == RequestHeaders {
+		hs = []Header{
+			{":method", or(req.Method, "POST")},
+			{":path", or(req.Path, "/v1/completions")},
+			{":authority", or(req.Authority, "model")},
+			{":scheme", or(req.Scheme, "http")},
+			{"x-request-id", fmt.Sprintf("%016x-harness", f.c.reqIDs.Add(1))},
+		}
+		hs = append(hs, req.Headers...)
+	} else {
+		st := req.Response.Status
+		if st == 0 {
+			st = 200
+		}
+		hs = append([]Header{{":status", strconv.Itoa(st)}}, req.Response.Headers...)
+	}
+	h := &extprocv3.HttpHeaders{Headers: f.headerMap(hs), EndOfStream: eos}
+	if kind == RequestHeaders {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}}
+}
+
+func (f *filter) trailers(kind Kind, hs []Header) *extprocv3.ProcessingRequest {
+	t := &extprocv3.HttpTrailers{Trailers: f.headerMap(hs)}
+	if kind == RequestTrailers {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: t}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: t}}
+}
+
+func (f *filter) headerMap(hs []Header) *corev3.HeaderMap {
+	out := make([]*corev3.HeaderValue, 0, len(hs))
+	for _, h := range hs {
+		hv := &corev3.HeaderValue{Key: lower(h.Name)}
+		if f.cfg.LegacyHeaderValue {
+			hv.Value = h.Value
+		} else {
+			hv.RawValue = []byte(h.Value)
+		}
+		out = append(out, hv)
+	}
+	return &corev3.HeaderMap{Headers: out}
+}
+
+func body(kind Kind, b []byte, eos bool) *extprocv3.ProcessingRequest {
+	hb := &extprocv3.HttpBody{Body: b, EndOfStream: eos}
+	if kind == RequestBody {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: hb}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: hb}}
+}
+
+func or(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
