@@ -420,7 +420,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		if ws.meanDT > 0 && o.MeanDuration.Seconds() > ws.meanDT {
 			inflate = math.Sqrt(o.MeanDuration.Seconds() / ws.meanDT)
 		}
-		lower := ws.longSlope - 2*ws.longSE*inflate
+		lower := ws.longSlope - 3*ws.longSE*inflate
 		if lower > 0 && ws.shortSlope >= 0 {
 			lag := ws.stableW / 2
 			if !f.On(StableWindow) {
