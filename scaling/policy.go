@@ -198,6 +198,12 @@ type Autoscaler struct {
 	panicMax   int32
 	history    []rec
 	historyOff int
+	// serviceTime is the mean request duration learned while there was no
+	// queue (so it is the service time); perReplica the throughput of a
+	// saturated replica, learned from windows of saturation. Both survive
+	// the windows, so the next burst starts with them (0: unknown).
+	serviceTime float64
+	perReplica  float64
 }
 
 // NewAutoscaler starts the state of one workload at now. A new autoscaler
@@ -240,6 +246,13 @@ func (a *Autoscaler) Observe(o Observation) {
 		s.arr, s.comp, s.partial = 0, 0, true
 	}
 	a.last, a.haveLast = o, true
+	if !s.partial && o.MeanDuration > 0 && o.Completions > 0 && o.InFlight <= float64(o.Ready)*a.cfg.Target {
+		d := o.MeanDuration.Seconds()
+		if a.serviceTime == 0 {
+			a.serviceTime = d
+		}
+		a.serviceTime += 0.05 * (d - a.serviceTime)
+	}
 	if a.n == len(a.ring) {
 		grown := make([]sample, 2*len(a.ring))
 		for i := 0; i < a.n; i++ {
@@ -345,7 +358,7 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 		ws.panic, ws.havePanicAv = pc/pw, true
 		ws.arrRate = pa / pw
 	}
-	if satReady >= 5 && satComp > 0 {
+	if satReady >= 30 && satComp > 0 {
 		ws.perReplica = satComp / satReady
 	}
 	ws.covered = sw
@@ -473,9 +486,12 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	// that: the queue that builds during a cold start is not demand.
 	queued := o.InFlight > float64(o.Ready)*target
 	if f.On(ColdStartAware) && want > cur && (o.Starting > 0 || o.Requested > o.Ready || queued) {
-		perReplica := ws.perReplica
-		if perReplica == 0 && o.MeanDuration > 0 {
-			perReplica = target / o.MeanDuration.Seconds() // durations include waits: conservative
+		if ws.perReplica > 0 {
+			a.perReplica = ws.perReplica
+		}
+		perReplica := a.perReplica
+		if perReplica == 0 && a.serviceTime > 0 {
+			perReplica = target / a.serviceTime // a replica at target serves target/S req/s
 		}
 		if perReplica > 0 {
 			L := lead.Seconds()

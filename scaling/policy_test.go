@@ -218,7 +218,7 @@ func TestColdStartAwareness(t *testing.T) {
 			cfg := cfg4()
 			cfg.Target = 8
 			a, now := warm(cfg, c.f, 30, 5)
-			d, _ := drive(a, now, 10, queue)
+			d, _ := drive(a, now, 20, queue) // 40 saturated replica-seconds measure the throughput
 			if d.Desired != c.want {
 				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
 			}
@@ -226,13 +226,35 @@ func TestColdStartAwareness(t *testing.T) {
 	}
 	t.Run("never below the replicas already requested", func(t *testing.T) {
 		a, now := warm(cfg4(), base, 30, 10)
-		d, _ := drive(a, now, 10, func(int) load {
+		d, _ := drive(a, now, 20, func(int) load {
 			return load{conc: 100, inFlight: 100, arr: 1, comp: 1, ready: 2, starting: 8, requested: 10}
 		})
 		if d.Desired != 10 {
 			t.Fatalf("got %d (%s), want 10", d.Desired, d.Reason)
 		}
 	})
+}
+
+func TestColdStartUsesLearnedServiceTime(t *testing.T) {
+	// No saturation seen yet, but 6 s requests were measured while there
+	// was no queue: a replica at target 8 serves 8/6 req/s. A burst of
+	// 6 req/s on 1 ready replica then needs (6×1.1 + queue left)/1.33,
+	// not in-flight/target.
+	base := Features{}.Without(Trend).Without(Stabilization)
+	a, now := warm(cfg4(), base, 2, 1)
+	_, now = drive(a, now, 60, func(int) load {
+		return load{conc: 3, inFlight: 3, arr: 0.5, comp: 0.5, ready: 1, requested: 1, meanDur: 6 * time.Second}
+	})
+	c := cfg4()
+	c.Target = 8
+	a.SetConfig(c)
+	d, _ := drive(a, now, 6, func(int) load {
+		return load{conc: 200, inFlight: 200, arr: 6, comp: 0.5, ready: 1, requested: 1, meanDur: 40 * time.Second}
+	})
+	// queue left after 120 s: (200−8) + (6 − 1.33)×120 = 752; (6.6 + 752/120)/1.33 = 9.7 → 10.
+	if d.Desired != 10 {
+		t.Fatalf("got %d (%s), want 10", d.Desired, d.Reason)
+	}
 }
 
 func TestStabilization(t *testing.T) {
