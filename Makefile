@@ -33,3 +33,7 @@ fuzz:
 ## build: the binaries into bin/
 build:
 	$(GO) build -o bin/ ./cmd/...
+
+## sim: replay the traces through inflight and the baselines; writes scaling/sim/results/
+sim:
+	$(GO) run ./cmd/inflight-sim
