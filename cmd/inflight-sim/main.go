@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,12 @@ type Options struct {
 	MaxReplicas int
 	Parallel    int
 	Quiet       bool
+	// HeldOut are further seeds: every synthetic shape is also drawn with
+	// each of them ("step@s2"), traces the policy was not developed on.
+	HeldOut string
+	// Traces and Policies restrict the run to the named traces (base names,
+	// e.g. "step,ramp") and policies; empty: all. For iterating.
+	Traces, Policies string
 }
 
 // DefaultOptions returns the documented run's settings.
@@ -40,7 +47,7 @@ func DefaultOptions() Options {
 		Trace: "../shared/traces/azure-llm-2023-conv.csv", Out: "scaling/sim/results", Seed: 1,
 		Synthetic: true, Ablation: true, Batch: m.Batch, PrefillTPS: m.PrefillTPS,
 		MsPerToken: m.SecPerToken * 1000, ColdStart: time.Duration(m.ColdStart) * time.Second,
-		MaxReplicas: 200, Parallel: min(2, runtime.NumCPU()),
+		MaxReplicas: 200, Parallel: min(2, runtime.NumCPU()), HeldOut: "2,3",
 	}
 }
 
@@ -58,6 +65,38 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxReplicas, "max-replicas", o.MaxReplicas, "replica bound of every autoscaler")
 	fs.IntVar(&o.Parallel, "parallel", o.Parallel, "simulations run at once")
 	fs.BoolVar(&o.Quiet, "quiet", o.Quiet, "no progress line on stderr")
+	fs.StringVar(&o.HeldOut, "heldout", o.HeldOut, "comma-separated seeds: also draw every synthetic shape with each (held-out traces); empty: none")
+	fs.StringVar(&o.Traces, "traces", o.Traces, "comma-separated trace names to run (e.g. step,ramp); empty: all")
+	fs.StringVar(&o.Policies, "policies", o.Policies, "comma-separated policy names to run (e.g. inflight,knative-kpa); empty: all")
+}
+
+// seeds parses the held-out seeds.
+func (o Options) seeds() ([]uint64, error) {
+	var out []uint64
+	for _, f := range strings.Split(o.HeldOut, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("-heldout=%s: want comma-separated seeds (unsigned integers)", o.HeldOut)
+		}
+		if v == o.Seed {
+			return nil, fmt.Errorf("-heldout=%s: seed %d is the -seed of the named traces", o.HeldOut, v)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func names(list string) map[string]bool {
+	m := map[string]bool{}
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			m[f] = true
+		}
+	}
+	return m
 }
 
 // Validate names the flag, the value and the allowed range of every bad option.
@@ -89,6 +128,9 @@ func (o Options) Validate() error {
 	}
 	if o.Parallel < 1 || o.Parallel > 256 {
 		bad("parallel", o.Parallel, "an integer between 1 and 256")
+	}
+	if _, err := o.seeds(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -130,8 +172,41 @@ func run(args []string, stderr io.Writer) error {
 		for _, s := range sim.Shapes() {
 			traces = append(traces, sim.Synthesize(s, pool, o.Seed))
 		}
+		seeds, _ := o.seeds()
+		for _, seed := range seeds {
+			for _, s := range sim.Shapes() {
+				tr := sim.Synthesize(s, pool, seed)
+				tr.Name, tr.HeldOut = fmt.Sprintf("%s@s%d", s.Name, seed), true
+				traces = append(traces, tr)
+			}
+		}
 	}
-	x := sim.Experiment{Model: model, Traces: traces, Specs: sim.Specs(), MaxReplicas: o.MaxReplicas, Parallel: o.Parallel}
+	if want := names(o.Traces); len(want) > 0 {
+		var kept []sim.Trace
+		for _, tr := range traces {
+			if base, _, _ := strings.Cut(tr.Name, "@"); want[base] || want[tr.Name] {
+				kept = append(kept, tr)
+			}
+		}
+		if len(kept) == 0 {
+			return fmt.Errorf("-traces=%s: no trace of that name", o.Traces)
+		}
+		traces = kept
+	}
+	specs := sim.Specs()
+	if want := names(o.Policies); len(want) > 0 {
+		var kept []sim.Spec
+		for _, s := range specs {
+			if want[s.Name] {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) == 0 {
+			return fmt.Errorf("-policies=%s: no policy of that name", o.Policies)
+		}
+		specs = kept
+	}
+	x := sim.Experiment{Model: model, Traces: traces, Specs: specs, MaxReplicas: o.MaxReplicas, Parallel: o.Parallel}
 	if o.Ablation {
 		x.Ablations = sim.AblationSpecs()
 	}

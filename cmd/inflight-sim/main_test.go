@@ -24,6 +24,8 @@ func TestValidate(t *testing.T) {
 		{"parallel", func(o *Options) { o.Parallel = 0 }, "-parallel=0"},
 		{"out", func(o *Options) { o.Out = "" }, "-out="},
 		{"nothing to run", func(o *Options) { o.Trace, o.Synthetic = "", false }, "-trace="},
+		{"held-out not seeds", func(o *Options) { o.HeldOut = "2,x" }, "-heldout=2,x: want comma-separated seeds"},
+		{"held-out is the seed", func(o *Options) { o.HeldOut = "1" }, "seed 1 is the -seed"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -41,5 +43,16 @@ func TestRunRejectsBadFlags(t *testing.T) {
 	err := run([]string{"-batch", "0", "-parallel", "0"}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "-batch=0") || !strings.Contains(err.Error(), "-parallel=0") {
 		t.Fatalf("want both flags named, got %v", err)
+	}
+}
+
+func TestRunRejectsUnknownNames(t *testing.T) {
+	for _, args := range [][]string{
+		{"-trace", "", "-traces", "nope", "-out", t.TempDir()},
+		{"-trace", "", "-policies", "nope", "-out", t.TempDir()},
+	} {
+		if err := run(args, io.Discard); err == nil || !strings.Contains(err.Error(), "nope") {
+			t.Fatalf("%v: want the unknown name reported, got %v", args, err)
+		}
 	}
 }

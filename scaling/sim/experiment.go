@@ -92,7 +92,11 @@ func (x Experiment) Run() Outcome {
 		env := NewEnv(x.Model, tr, x.MaxReplicas)
 		out.Envs = append(out.Envs, env)
 		out.Runs = append(out.Runs, map[string][]Summary{})
-		for _, s := range append(append([]Spec(nil), x.Specs...), x.Ablations...) {
+		specs := append([]Spec(nil), x.Specs...)
+		if !tr.HeldOut {
+			specs = append(specs, x.Ablations...)
+		}
+		for _, s := range specs {
 			def := s.Default(env)
 			seen := map[float64]bool{def: true}
 			jobs = append(jobs, job{ti, s, def, true})

@@ -57,8 +57,9 @@ func grid(n, cols int) [][]*plot.Plot {
 // default knob.
 func (o Outcome) WriteTimelines(w io.Writer) error {
 	const step = 30
-	g := grid(len(o.Traces), 2)
-	for ti, tr := range o.Traces {
+	g := grid(len(o.named()), 2)
+	for gi, ti := range o.named() {
+		tr := o.Traces[ti]
 		p := plot.New()
 		p.Title.Text = tr.Name
 		p.X.Label.Text = "minutes"
@@ -79,7 +80,7 @@ func (o Outcome) WriteTimelines(w io.Writer) error {
 			l.Color = color.Black
 			l.Width = vg.Points(1.5)
 			p.Add(l)
-			if ti == 0 {
+			if gi == 0 {
 				p.Legend.Add("demand", l)
 			}
 		}
@@ -102,11 +103,11 @@ func (o Outcome) WriteTimelines(w io.Writer) error {
 				l.Width = vg.Points(1.4)
 			}
 			p.Add(l)
-			if ti == 0 {
+			if gi == 0 {
 				p.Legend.Add(sp.Name, l)
 			}
 		}
-		g[ti/2][ti%2] = p
+		g[gi/2][gi%2] = p
 	}
 	return tile(w, g, vg.Points(900), vg.Points(260*float64(len(g))))
 }
@@ -114,8 +115,9 @@ func (o Outcome) WriteTimelines(w io.Writer) error {
 // WriteFrontier draws, per trace, GPU-hours against p99 queue wait for
 // every setting of every policy's knob.
 func (o Outcome) WriteFrontier(w io.Writer) error {
-	g := grid(len(o.Traces), 3)
-	for ti, tr := range o.Traces {
+	g := grid(len(o.named()), 3)
+	for gi, ti := range o.named() {
+		tr := o.Traces[ti]
 		p := plot.New()
 		p.Title.Text = tr.Name
 		p.X.Label.Text = "GPU-hours"
@@ -139,7 +141,7 @@ func (o Outcome) WriteFrontier(w io.Writer) error {
 			sc.Color = colorOf(si)
 			sc.Radius = vg.Points(2.2)
 			p.Add(sc)
-			if ti == 0 {
+			if gi == 0 {
 				p.Legend.Add(sp.Name, sc)
 			}
 		}
@@ -149,7 +151,7 @@ func (o Outcome) WriteFrontier(w io.Writer) error {
 			l.Dashes = []vg.Length{vg.Points(3), vg.Points(3)}
 			p.Add(l)
 		}
-		g[ti/3][ti%3] = p
+		g[gi/3][gi%3] = p
 	}
 	return tile(w, g, vg.Points(1000), vg.Points(300*float64(len(g))))
 }

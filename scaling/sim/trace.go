@@ -32,6 +32,9 @@ type Trace struct {
 	// Kind says what the trace is meant to exercise ("smooth", "bursty",
 	// "diurnal", "idle-gap"), for the README's targets.
 	Kind string
+	// HeldOut marks a trace drawn with a seed other than the documented
+	// run's: the policy was not developed on it. The ablation skips it.
+	HeldOut bool
 }
 
 const csvTimeLayout = "2006-01-02 15:04:05.9999999"
