@@ -1,0 +1,67 @@
+package main
+
+import (
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsValidate(t *testing.T) {
+	o := DefaultOptions()
+	o.Identity = "controller-0"
+	if err := o.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	if err := o.kube().Validate(); err != nil {
+		t.Fatalf("defaults invalid for the controller: %v", err)
+	}
+}
+
+func TestValidateNamesFlagValueAndRange(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--tick=1ms"}, []string{"--tick=1ms", "10ms to 1m"}},
+		{[]string{"--fetch-timeout=20s"}, []string{"--fetch-timeout=20s", "≤ 10 × --tick"}},
+		{[]string{"--expire=100ms"}, []string{"--expire=100ms", "--tick (1s) to 10m"}},
+		{[]string{"--lease-duration=5s"}, []string{"--lease-duration=5s", "> --renew-deadline (10s)"}},
+		{[]string{"--write-workers=0"}, []string{"--write-workers=0", "1 to 64"}},
+		{[]string{"--log-format=xml"}, []string{`--log-format="xml"`, "json or console"}},
+		{[]string{"--admin-listen=9090"}, []string{`--admin-listen="9090"`, "host:port"}},
+		{[]string{"--extproc-service="}, []string{`--extproc-service=""`, "non-empty"}},
+	}
+	for _, c := range cases {
+		o := DefaultOptions()
+		o.Identity = "x"
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		o.Bind(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := o.Validate()
+		if err == nil {
+			t.Errorf("%v: no error", c.args)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q does not contain %q", c.args, err, w)
+			}
+		}
+	}
+}
+
+func TestFlagsReachTheController(t *testing.T) {
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.Bind(fs)
+	if err := fs.Parse([]string{"--tick=250ms", "--identity=c-1", "--extproc-service=ep", "--lease-name=l"}); err != nil {
+		t.Fatal(err)
+	}
+	k := o.kube()
+	if k.Tick != 250*time.Millisecond || k.Identity != "c-1" || k.ExtprocService != "ep" || k.LeaseName != "l" {
+		t.Errorf("kube options = %+v", k)
+	}
+}

@@ -1,0 +1,21 @@
+// Package kube is the Kubernetes side of the inflight controller: it watches
+// the Deployments that carry the inflight.dev/target annotation, their pods
+// (ready vs starting, observed cold starts) and the extproc Service's
+// EndpointSlices (the snapshot URLs) through shared informers; it takes a
+// coordination.k8s.io Lease (client-go leaderelection) and, while it leads,
+// runs one tick per interval: collect (package collect) → policy (package
+// scaling) → spec.replicas through the scale subresource with conflict
+// retries, a Kubernetes Event for every change and a Warning Event for every
+// invalid annotation. The policy and the annotation parsing are not here:
+// they come from package scaling.
+//
+// A new leadership term starts with fresh autoscalers, so a new leader
+// never scales down before it has a full window of its own data.
+//
+// Concurrency: Run starts the informers and the election; the leader's tick
+// loop is one goroutine that owns every per-workload state and never holds
+// a lock across network I/O (snapshot fetches and /scale writes run with no
+// lock; writes of one tick run in parallel on a bounded pool). The status
+// the tick publishes is an immutable value behind a mutex, read by Status
+// from any goroutine. Metrics are registered on the injected registry.
+package kube

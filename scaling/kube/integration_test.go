@@ -1,0 +1,259 @@
+package kube
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Short but valid annotation values (window ≥ 6s is the policy's floor).
+func fastAnn(extra ...string) map[string]string {
+	a := map[string]string{
+		"inflight.dev/target":           "1",
+		"inflight.dev/window":           "6s",
+		"inflight.dev/panic-window":     "1s",
+		"inflight.dev/scale-down-delay": "2s",
+		"inflight.dev/max-replicas":     "8",
+		"inflight.dev/cold-start":       "1s",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		a[extra[i]] = extra[i+1]
+	}
+	return a
+}
+
+// An annotated Deployment scales up under load and back down after
+// scale-down-delay; an un-annotated one under the same load is never touched.
+func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	plain := e.deployment("plain", nil, 1)
+	e.kubelet("llama")
+	a := e.replica("a")
+	b := e.replica("b")
+	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+
+	eventually(t, 30*time.Second, "leadership", r.c.Leading)
+	a.SetInFlight(e.ns, "llama", "llama-1", 3, time.Second)
+	b.SetInFlight(e.ns, "llama", "llama-1", 2, time.Second)
+	a.SetInFlight(e.ns, "plain", "plain-1", 40, time.Second)
+
+	eventually(t, 30*time.Second, "scale-up of llama to 5", func() bool { return e.replicas("llama") >= 5 })
+	if ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 1 → ", "target 1"); ev == nil {
+		t.Errorf("no ScaledUp Event with the numbers; events: %+v", e.events("llama"))
+	}
+	if got := r.metric(t, "inflight_controller_decisions_total", map[string]string{"direction": "up"}); got < 1 {
+		t.Errorf("decisions_total{direction=up} = %v, want ≥ 1", got)
+	}
+
+	// Load off: it must wait scale-down-delay, then come back to 1.
+	loadOff := time.Now()
+	a.SetInFlight(e.ns, "llama", "llama-1", 0, time.Second)
+	b.SetInFlight(e.ns, "llama", "llama-1", 0, time.Second)
+	var firstDown time.Time
+	eventually(t, 60*time.Second, "scale-down of llama to 1", func() bool {
+		n := e.replicas("llama")
+		if n < 5 && firstDown.IsZero() {
+			firstDown = time.Now()
+		}
+		return n == 1
+	})
+	if d := firstDown.Sub(loadOff); d < 2*time.Second {
+		t.Errorf("first scale-down %v after the load stopped, before scale-down-delay 2s", d)
+	}
+	if ev := findEvent(e.events("llama"), ReasonScaledDown, " → 1"); ev == nil {
+		t.Errorf("no ScaledDown Event; events: %+v", e.events("llama"))
+	}
+
+	p, err := e.cs.AppsV1().Deployments(e.ns).Get(e.ctx(), "plain", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ResourceVersion != plain.ResourceVersion || *p.Spec.Replicas != 1 {
+		t.Errorf("un-annotated Deployment touched: rv %s → %s, replicas %d", plain.ResourceVersion, p.ResourceVersion, *p.Spec.Replicas)
+	}
+	if evs := e.events("plain"); len(evs) != 0 {
+		t.Errorf("events on the un-annotated Deployment: %+v", evs)
+	}
+	if w := r.workload(e.ns, "plain"); w != nil {
+		t.Errorf("un-annotated Deployment in status: %+v", w)
+	}
+	w := r.workload(e.ns, "llama")
+	if w == nil || w.LastChange == nil || w.LastChange.Direction != "down" || w.Target != 1 {
+		t.Errorf("status of llama = %+v", w)
+	}
+}
+
+// Invalid annotations: a Warning Event naming the annotation, its value and
+// the allowed range; never a scale on them; the last valid configuration
+// stays in force.
+func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("bad", fastAnn("inflight.dev/target", "lots"), 1)
+	a := e.replica("a")
+	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+	a.SetInFlight(e.ns, "bad", "bad-1", 6, time.Second)
+
+	eventually(t, 30*time.Second, "Warning Event for inflight.dev/target", func() bool {
+		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "a number > 0") != nil
+	})
+	if ev := findEvent(e.events("bad"), ReasonInvalidConfig); ev.Type != "Warning" {
+		t.Errorf("event type = %s, want Warning", ev.Type)
+	}
+	// Many ticks with load 6× the (would-be) target: no write.
+	start := time.Now()
+	eventually(t, 30*time.Second, "20 ticks after the warning", func() bool {
+		w := r.workload(e.ns, "bad")
+		return w != nil && w.ConfigError != "" && r.c.Status().Time.After(start.Add(2*time.Second))
+	})
+	if n := e.replicas("bad"); n != 1 {
+		t.Fatalf("scaled to %d on an invalid configuration", n)
+	}
+	if got := r.metric(t, "inflight_controller_config_invalid", map[string]string{"workload": "bad"}); got != 1 {
+		t.Errorf("config_invalid = %v, want 1", got)
+	}
+
+	// Fix it: now it scales.
+	e.annotate("bad", fastAnn())
+	eventually(t, 30*time.Second, "scale-up once valid", func() bool { return e.replicas("bad") >= 6 })
+
+	// Break another annotation: Warning, last valid configuration kept
+	// (still managed, still scaling up on it).
+	e.annotate("bad", fastAnn("inflight.dev/window", "1ms", "inflight.dev/max-replicas", "8"))
+	eventually(t, 30*time.Second, "Warning Event for inflight.dev/window", func() bool {
+		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/window", `"1ms"`, "keeping the last valid configuration") != nil
+	})
+	a.SetInFlight(e.ns, "bad", "bad-1", 8, time.Second)
+	eventually(t, 30*time.Second, "scale-up on the last valid configuration", func() bool { return e.replicas("bad") == 8 })
+	if got := r.metric(t, "inflight_controller_invalid_configs_total", nil); got != 2 {
+		t.Errorf("invalid_configs_total = %v, want 2", got)
+	}
+}
+
+// An extproc replica stopped mid-run: the data is partial and nothing scales
+// down, however long it lasts; once it is unlisted, scale-down resumes.
+func TestStoppedExtprocReplicaBlocksScaleDown(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	a := e.replica("a")
+	b := e.replica("b")
+	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+	a.SetInFlight(e.ns, "llama", "p", 2, time.Second)
+	b.SetInFlight(e.ns, "llama", "p", 2, time.Second)
+	eventually(t, 30*time.Second, "scale-up to 4", func() bool { return e.replicas("llama") == 4 })
+
+	b.Close() // stopped mid-run, still listed
+	a.SetInFlight(e.ns, "llama", "p", 0, time.Second)
+	stopped := time.Now()
+	// Window (6s) + scale-down-delay (2s) + expiry (2s) + margin: a complete
+	// data set would have scaled down long before.
+	eventually(t, 60*time.Second, "15s of partial ticks", func() bool {
+		if n := e.replicas("llama"); n != 4 {
+			t.Fatalf("scaled %d → %d while data was partial", 4, n)
+		}
+		s := r.c.Status()
+		return s.Partial && s.Time.Sub(stopped) > 15*time.Second
+	})
+	if got := r.metric(t, "inflight_controller_snapshot_errors_total", map[string]string{"kind": "connect"}); got < 1 {
+		t.Errorf("snapshot_errors_total{kind=connect} = %v, want ≥ 1", got)
+	}
+	if got := r.metric(t, "inflight_controller_data_partial", nil); got != 1 {
+		t.Errorf("data_partial = %v, want 1", got)
+	}
+	w := r.workload(e.ns, "llama")
+	if w == nil || w.Last == nil || !w.Last.Partial || !strings.Contains(w.Last.Reason, "partial") {
+		t.Errorf("last decision = %+v, want a partial-data hold", w.Last)
+	}
+
+	e.unslice(b) // gone for good: the remaining data is complete
+	eventually(t, 60*time.Second, "scale-down once complete", func() bool { return e.replicas("llama") == 1 })
+}
+
+// Two controllers: only the leader writes; stopping the leader hands over
+// within the lease duration and the new leader makes the next decision.
+func TestLeaderElectionHandover(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	a := e.replica("a")
+	r1 := e.start(e.cfg, e.fastOptions("c1"), nil)
+	r2 := e.start(e.cfg, e.fastOptions("c2"), nil)
+	eventually(t, 30*time.Second, "a leader", func() bool { return r1.c.Leading() || r2.c.Leading() })
+	leader, follower := r1, r2
+	if r2.c.Leading() {
+		leader, follower = r2, r1
+	}
+	if follower.c.Leading() {
+		t.Fatal("both controllers lead")
+	}
+	a.SetInFlight(e.ns, "llama", "p", 3, time.Second)
+	eventually(t, 30*time.Second, "scale-up to 3", func() bool { return e.replicas("llama") == 3 })
+	if got := follower.metric(t, "inflight_controller_scale_writes_total", nil); got != 0 {
+		t.Errorf("follower wrote %v times", got)
+	}
+	if got := leader.metric(t, "inflight_controller_scale_writes_total", map[string]string{"result": "ok"}); got < 1 {
+		t.Errorf("leader wrote %v times", got)
+	}
+	if ev := findEvent(e.events("llama"), ReasonScaledUp); ev == nil || ev.Source.Host != leader.c.opt.Identity {
+		t.Errorf("ScaledUp event %+v, want one from %s", ev, leader.c.opt.Identity)
+	}
+	if s := follower.c.Status(); s.Leader || len(s.Workloads) != 0 {
+		t.Errorf("follower status = %+v", s)
+	}
+
+	stopped := time.Now()
+	leader.stop(t)
+	eventually(t, leader.c.opt.LeaseDuration+2*time.Second, "takeover within the lease duration", follower.c.Leading)
+	t.Logf("takeover after %v", time.Since(stopped))
+	a.SetInFlight(e.ns, "llama", "p", 6, time.Second)
+	eventually(t, 30*time.Second, "new leader scales to 6", func() bool { return e.replicas("llama") == 6 })
+	if ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 3 → 6"); ev == nil || ev.Source.Host != follower.c.opt.Identity {
+		t.Errorf("ScaledUp 3 → 6 event %+v, want one from %s", ev, follower.c.opt.Identity)
+	}
+}
+
+// A concurrent update of the Deployment between our GET and UPDATE of
+// /scale: the apiserver answers Conflict, the write is retried, and neither
+// change is lost.
+func TestConflictingUpdateIsRetried(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	a := e.replica("a")
+	var fired atomic.Int32
+	r := e.start(e.cfg, e.fastOptions("c1"), func(c *Controller) {
+		c.beforeScaleUpdate = func(ns, name string) {
+			if fired.Add(1) != 1 {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			d, err := e.cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Errorf("concurrent get: %v", err)
+				return
+			}
+			d.Labels = map[string]string{"team": "search"}
+			if _, err := e.cs.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+				t.Errorf("concurrent update: %v", err)
+			}
+		}
+	})
+	a.SetInFlight(e.ns, "llama", "p", 4, time.Second)
+	eventually(t, 30*time.Second, "scale-up to 4", func() bool { return e.replicas("llama") == 4 })
+	d, err := e.cs.AppsV1().Deployments(e.ns).Get(e.ctx(), "llama", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Labels["team"] != "search" {
+		t.Errorf("the concurrent update was lost: labels %v", d.Labels)
+	}
+	if got := r.metric(t, "inflight_controller_scale_conflicts_total", nil); got < 1 {
+		t.Errorf("scale_conflicts_total = %v, want ≥ 1 (no real Conflict happened)", got)
+	}
+	if got := r.metric(t, "inflight_controller_scale_writes_total", map[string]string{"result": "error"}); got != 0 {
+		t.Errorf("failed writes = %v, want 0", got)
+	}
+}

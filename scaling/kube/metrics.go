@@ -1,0 +1,120 @@
+package kube
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/inflight-dev/inflight/scaling"
+	"github.com/inflight-dev/inflight/scaling/collect"
+)
+
+// Metrics are the controller's Prometheus metrics (prefix inflight_controller_).
+type Metrics struct {
+	desired, current, ready, starting  *prometheus.GaugeVec
+	inFlight, concurrency              *prometheus.GaugeVec
+	stable, panicDemand, trend, panicG *prometheus.GaugeVec
+	configInvalid                      *prometheus.GaugeVec
+	invalidConfigs                     prometheus.Counter
+	decisions                          *prometheus.CounterVec
+	scaleWrites                        *prometheus.CounterVec
+	scaleConflicts                     prometheus.Counter
+	scrapeErrors                       *prometheus.CounterVec
+	scrapeDuration                     prometheus.Histogram
+	tickDuration                       prometheus.Histogram
+	partial                            prometheus.Gauge
+	endpoints                          *prometheus.GaugeVec
+	leader                             prometheus.Gauge
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	wl := []string{"namespace", "workload"}
+	g := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller", Name: name, Help: help}, wl)
+	}
+	m := &Metrics{
+		desired:       g("desired_replicas", "Replicas the policy decided on the last tick."),
+		current:       g("current_replicas", "spec.replicas of the workload as last observed or written."),
+		ready:         g("ready_replicas", "Ready pods of the workload."),
+		starting:      g("starting_replicas", "Pods of the workload that exist but are not ready yet."),
+		inFlight:      g("in_flight", "Requests in flight now, summed over every extproc replica."),
+		concurrency:   g("concurrency", "Mean requests in flight over the last tick (busy-seconds delta / elapsed)."),
+		stable:        g("stable_demand", "Time-averaged in-flight over the stable window."),
+		panicDemand:   g("panic_demand", "Time-averaged in-flight over the panic window."),
+		trend:         g("trend", "Least-squares slope of in-flight over the panic window (requests/s)."),
+		panicG:        g("panic", "1 while the workload is in burst (panic) mode."),
+		configInvalid: g("config_invalid", "1 while the workload's inflight.dev/ annotations are invalid (the last valid configuration stays in force)."),
+		invalidConfigs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "invalid_configs_total", Help: "Invalid annotation sets seen (each distinct invalid set counts once)."}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "decisions_total", Help: "Policy decisions by direction (up, down, hold) and reason."}, []string{"direction", "reason"}),
+		scaleWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "scale_writes_total", Help: "Writes of spec.replicas through the scale subresource by result (ok, error)."}, []string{"result"}),
+		scaleConflicts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "scale_conflicts_total", Help: "Scale subresource updates that hit a Conflict and were retried."}),
+		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "snapshot_errors_total", Help: "Failed extproc snapshot fetches by kind (timeout, connect, http-status, decode, version)."}, []string{"kind"}),
+		scrapeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "snapshot_duration_seconds", Help: "Duration of one extproc snapshot fetch.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
+		tickDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "tick_duration_seconds", Help: "Duration of one controller tick (collect, decide, write).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		partial: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "data_partial", Help: "1 when the last tick's data was partial (some extproc replica did not answer, or none was listed)."}),
+		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "extproc_endpoints", Help: "extproc replicas asked on the last tick, by state (answered, failed)."}, []string{"state"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "is_leader", Help: "1 while this controller replica holds the Lease."}),
+	}
+	reg.MustRegister(m.desired, m.current, m.ready, m.starting, m.inFlight, m.concurrency,
+		m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid, m.invalidConfigs,
+		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
+		m.tickDuration, m.partial, m.endpoints, m.leader)
+	return m
+}
+
+var _ collect.Observer = (*Metrics)(nil)
+
+// Fetched implements collect.Observer.
+func (m *Metrics) Fetched(kind string, d time.Duration) {
+	m.scrapeDuration.Observe(d.Seconds())
+	if kind != "" {
+		m.scrapeErrors.WithLabelValues(kind).Inc()
+	}
+}
+
+func (m *Metrics) workload(w collect.Workload, o scaling.Observation, d scaling.Decision) {
+	l := []string{w.Namespace, w.Name}
+	m.desired.WithLabelValues(l...).Set(float64(d.Desired))
+	m.current.WithLabelValues(l...).Set(float64(o.Requested))
+	m.ready.WithLabelValues(l...).Set(float64(o.Ready))
+	m.starting.WithLabelValues(l...).Set(float64(o.Starting))
+	m.inFlight.WithLabelValues(l...).Set(o.InFlight)
+	m.concurrency.WithLabelValues(l...).Set(o.Concurrency)
+	m.stable.WithLabelValues(l...).Set(d.StableDemand)
+	m.panicDemand.WithLabelValues(l...).Set(d.PanicDemand)
+	m.trend.WithLabelValues(l...).Set(d.Trend)
+	p := 0.0
+	if d.Panicking {
+		p = 1
+	}
+	m.panicG.WithLabelValues(l...).Set(p)
+	m.decisions.WithLabelValues(d.Direction.String(), reasonLabel(d)).Inc()
+}
+
+func (m *Metrics) forget(w collect.Workload) {
+	for _, v := range []*prometheus.GaugeVec{m.desired, m.current, m.ready, m.starting, m.inFlight,
+		m.concurrency, m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid} {
+		v.DeleteLabelValues(w.Namespace, w.Name)
+	}
+}
+
+func (m *Metrics) setInvalid(w collect.Workload, invalid bool) {
+	v := 0.0
+	if invalid {
+		v = 1
+	}
+	m.configInvalid.WithLabelValues(w.Namespace, w.Name).Set(v)
+}
