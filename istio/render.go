@@ -1,0 +1,436 @@
+package istio
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	networking "istio.io/api/networking/v1alpha3"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+
+	"github.com/inflight-dev/inflight/mesh"
+)
+
+// Profile is an install profile (DESIGN.md § ext_proc semantics).
+type Profile string
+
+// The profiles.
+const (
+	// ProfileObserve (the default) runs ext_proc in observability mode:
+	// Envoy never waits for the extproc, so it adds no latency.
+	ProfileObserve Profile = "observe"
+	// ProfileControl makes Envoy wait for the extproc's reply to request
+	// headers (needed for load shedding and scale-from-zero holding).
+	ProfileControl Profile = "control"
+)
+
+// Defaults of Options.
+const (
+	DefaultExtprocService   = "inflight-extproc"
+	DefaultExtprocNamespace = "inflight-system"
+	DefaultExtprocPort      = 9002
+	// DefaultMessageTimeout bounds Envoy's wait for one reply in the
+	// control profile; on expiry Envoy continues without the extproc
+	// (fail-open), so it is also the worst latency the extproc can add.
+	DefaultMessageTimeout = 200 * time.Millisecond
+	// DefaultDeferredCloseTimeout is how long, in observability mode, Envoy
+	// keeps an ext_proc stream open after its HTTP request is gone (Envoy's
+	// default is 5 s). A request whose end is seen only as the stream's end
+	// (a client abort, an upstream reset) is counted in flight that much
+	// longer, inflating in-flight by arrival rate × this delay for such
+	// requests; normal ends are seen from the response itself. 1 s leaves
+	// ample time for queued messages to reach the extproc.
+	DefaultDeferredCloseTimeout = time.Second
+	// DefaultGatewayNamespace and the selector below address Istio's
+	// default ingress gateway.
+	DefaultGatewayNamespace = "istio-system"
+
+	// FilterName is the name the ext_proc filter gets in the HTTP
+	// connection manager (what config_dump shows). The attributes Envoy
+	// sends are keyed by mesh.AttributesKey whatever this is.
+	FilterName = "inflight.ext_proc"
+	// StatPrefix prefixes the filter's Envoy stats.
+	StatPrefix = "inflight"
+	// Priority orders this EnvoyFilter among others of the same proxy
+	// (Istio's analyzer IST0155 asks for one on a relative patch matched by
+	// proxyVersion).
+	Priority = 10
+
+	extProcType   = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+	hcmFilter     = "envoy.filters.network.http_connection_manager"
+	routerFilter  = "envoy.filters.http.router"
+	apiVersion    = "networking.istio.io/v1alpha3"
+	kindEnvoyFilt = "EnvoyFilter"
+)
+
+// DefaultGatewaySelector selects Istio's default ingress gateway.
+func DefaultGatewaySelector() map[string]string { return map[string]string{"istio": "ingressgateway"} }
+
+// Options describe one EnvoyFilter. Zero fields take the defaults.
+type Options struct {
+	// Name of the EnvoyFilter; default inflight-<selector values>.
+	Name string
+	// Namespace of the EnvoyFilter: the selected workloads' namespace
+	// (default istio-system for a gateway).
+	Namespace string
+	// Selector is the workloadSelector's labels (required for a sidecar;
+	// default istio=ingressgateway for a gateway).
+	Selector map[string]string
+	// Profile is observe (default) or control.
+	Profile Profile
+	// Gateway inserts the filter into a gateway (context GATEWAY) instead
+	// of the workloads' inbound sidecars (SIDECAR_INBOUND).
+	Gateway bool
+	// Port, when set, limits a sidecar patch to the inbound filter chain of
+	// that container port (the model server's port).
+	Port uint32
+
+	// The extproc Service (port named grpc, appProtocol grpc).
+	ExtprocService, ExtprocNamespace string
+	ExtprocPort                      uint32
+
+	MessageTimeout, DeferredCloseTimeout time.Duration
+}
+
+func (o *Options) applyDefaults() {
+	if o.Profile == "" {
+		o.Profile = ProfileObserve
+	}
+	if o.Gateway && o.Namespace == "" {
+		o.Namespace = DefaultGatewayNamespace
+	}
+	if o.Gateway && len(o.Selector) == 0 {
+		o.Selector = DefaultGatewaySelector()
+	}
+	if o.ExtprocService == "" {
+		o.ExtprocService = DefaultExtprocService
+	}
+	if o.ExtprocNamespace == "" {
+		o.ExtprocNamespace = DefaultExtprocNamespace
+	}
+	if o.ExtprocPort == 0 {
+		o.ExtprocPort = DefaultExtprocPort
+	}
+	if o.MessageTimeout == 0 {
+		o.MessageTimeout = DefaultMessageTimeout
+	}
+	if o.DeferredCloseTimeout == 0 {
+		o.DeferredCloseTimeout = DefaultDeferredCloseTimeout
+	}
+	if o.Name == "" {
+		o.Name = defaultName(o.Selector, o.Gateway)
+	}
+}
+
+// defaultName is inflight-<sorted selector values>, or inflight-gateway,
+// cut to a valid object name.
+func defaultName(sel map[string]string, gateway bool) string {
+	if gateway {
+		return "inflight-gateway"
+	}
+	keys := make([]string, 0, len(sel))
+	for k := range sel {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("inflight")
+	for _, k := range keys {
+		b.WriteByte('-')
+		for _, r := range strings.ToLower(sel[k]) {
+			if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '-' {
+				b.WriteRune(r)
+			} else {
+				b.WriteByte('-')
+			}
+		}
+	}
+	n := b.String()
+	if len(n) > 63 {
+		n = n[:63]
+	}
+	return strings.TrimRight(n, "-")
+}
+
+// Validate reports every invalid option after defaults, naming the option
+// (as the CLI flag), the value and what is allowed.
+func (o Options) Validate() error {
+	o.applyDefaults()
+	var errs []error
+	if o.Namespace == "" {
+		errs = append(errs, errors.New("--namespace is empty: want the namespace of the selected workloads"))
+	} else if e := validation.IsDNS1123Label(o.Namespace); len(e) > 0 {
+		errs = append(errs, fmt.Errorf("--namespace=%q: %s", o.Namespace, strings.Join(e, "; ")))
+	}
+	if e := validation.IsDNS1123Subdomain(o.Name); len(e) > 0 {
+		errs = append(errs, fmt.Errorf("--name=%q: %s", o.Name, strings.Join(e, "; ")))
+	}
+	if len(o.Selector) == 0 {
+		errs = append(errs, errors.New("--selector is empty: want the model pods' labels, e.g. app=vllm (an empty selector would select every workload of the namespace)"))
+	}
+	for k, v := range o.Selector {
+		if e := validation.IsQualifiedName(k); len(e) > 0 {
+			errs = append(errs, fmt.Errorf("--selector key %q: %s", k, strings.Join(e, "; ")))
+		}
+		if e := validation.IsValidLabelValue(v); len(e) > 0 {
+			errs = append(errs, fmt.Errorf("--selector %s=%q: %s", k, v, strings.Join(e, "; ")))
+		}
+	}
+	if o.Profile != ProfileObserve && o.Profile != ProfileControl {
+		errs = append(errs, fmt.Errorf("--profile=%q: want observe or control", o.Profile))
+	}
+	if o.Gateway && o.Port != 0 {
+		errs = append(errs, fmt.Errorf("--port=%d: only for a sidecar (without --gateway)", o.Port))
+	}
+	if e := validation.IsDNS1035Label(o.ExtprocService); len(e) > 0 {
+		errs = append(errs, fmt.Errorf("--extproc-service=%q: %s", o.ExtprocService, strings.Join(e, "; ")))
+	}
+	if e := validation.IsDNS1123Label(o.ExtprocNamespace); len(e) > 0 {
+		errs = append(errs, fmt.Errorf("--extproc-namespace=%q: %s", o.ExtprocNamespace, strings.Join(e, "; ")))
+	}
+	if o.ExtprocPort > 65535 {
+		errs = append(errs, fmt.Errorf("--extproc-port=%d: want 1 to 65535", o.ExtprocPort))
+	}
+	if o.Port > 65535 {
+		errs = append(errs, fmt.Errorf("--port=%d: want 1 to 65535", o.Port))
+	}
+	if o.MessageTimeout < time.Millisecond || o.MessageTimeout > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--message-timeout=%s: want 1ms to 10s (it bounds the latency a slow extproc can add)", o.MessageTimeout))
+	}
+	if o.DeferredCloseTimeout < 100*time.Millisecond || o.DeferredCloseTimeout > 5*time.Second {
+		errs = append(errs, fmt.Errorf("--deferred-close-timeout=%s: want 100ms to 5s", o.DeferredCloseTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// ExtprocHost is the extproc Service's cluster-local name.
+func (o Options) ExtprocHost() string {
+	o.applyDefaults()
+	return fmt.Sprintf("%s.%s.svc.cluster.local", o.ExtprocService, o.ExtprocNamespace)
+}
+
+// ClusterName is Istio's outbound cluster for the extproc Service's gRPC
+// port: EDS endpoints, per-stream load balancing and auto-mTLS.
+func (o Options) ClusterName() string {
+	o.applyDefaults()
+	return fmt.Sprintf("outbound|%d||%s", o.ExtprocPort, o.ExtprocHost())
+}
+
+// ExternalProcessor returns the ext_proc filter configuration of the
+// profile for a proxy generation.
+//
+// Both profiles send request headers (the start), response headers (an end
+// when the response has no body) and response trailers (the end of gRPC and
+// other trailer-terminated responses). observe adds observability_mode and a
+// STREAMED response body (its end_of_stream is the end; the deferred close
+// is only the fallback for aborts). control waits for header replies; up to
+// Envoy 1.36 the stream lives until the HTTP request ends, so the response
+// body is not sent; from 1.37 the stream closes after the last expected
+// reply, so the response body is STREAMED for its end_of_stream.
+//
+// Only the x-request-id header is forwarded (forward_rules): the extproc
+// reads no header values, so no user data in headers leaves the proxy.
+func ExternalProcessor(o Options, g Generation) *extprocv3.ExternalProcessor {
+	o.applyDefaults()
+	mode := &extprocv3.ProcessingMode{
+		RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
+		RequestBodyMode:     extprocv3.ProcessingMode_NONE,
+		ResponseBodyMode:    extprocv3.ProcessingMode_NONE,
+		RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: extprocv3.ProcessingMode_SEND,
+	}
+	ep := &extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+			ClusterName: o.ClusterName(),
+			Authority:   o.ExtprocHost(),
+		}}},
+		FailureModeAllow:  true,
+		ProcessingMode:    mode,
+		MessageTimeout:    durationpb.New(o.MessageTimeout),
+		RequestAttributes: mesh.RequestAttributes(),
+		StatPrefix:        StatPrefix,
+		ForwardRules: &extprocv3.HeaderForwardingRules{AllowedHeaders: &matcherv3.ListStringMatcher{
+			Patterns: []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "x-request-id"}}},
+		}},
+	}
+	switch o.Profile {
+	case ProfileControl:
+		if g.EarlyStreamClose {
+			mode.ResponseBodyMode = extprocv3.ProcessingMode_STREAMED
+		}
+	default:
+		ep.ObservabilityMode = true
+		ep.DeferredCloseTimeout = durationpb.New(o.DeferredCloseTimeout)
+		mode.ResponseBodyMode = extprocv3.ProcessingMode_STREAMED
+	}
+	return ep
+}
+
+// Spec returns the EnvoyFilter spec: one HTTP_FILTER patch per Generation,
+// inserting the ext_proc filter before the router.
+func Spec(o Options) (*networking.EnvoyFilter, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.applyDefaults()
+	ctx := networking.EnvoyFilter_SIDECAR_INBOUND
+	if o.Gateway {
+		ctx = networking.EnvoyFilter_GATEWAY
+	}
+	spec := &networking.EnvoyFilter{
+		WorkloadSelector: &networking.WorkloadSelector{Labels: o.Selector},
+		Priority:         Priority,
+	}
+	for _, g := range Generations() {
+		value, err := filterValue(ExternalProcessor(o, g))
+		if err != nil {
+			return nil, err
+		}
+		spec.ConfigPatches = append(spec.ConfigPatches, &networking.EnvoyFilter_EnvoyConfigObjectPatch{
+			ApplyTo: networking.EnvoyFilter_HTTP_FILTER,
+			Match: &networking.EnvoyFilter_EnvoyConfigObjectMatch{
+				Context: ctx,
+				Proxy:   &networking.EnvoyFilter_ProxyMatch{ProxyVersion: g.ProxyVersion},
+				ObjectTypes: &networking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{Listener: &networking.EnvoyFilter_ListenerMatch{
+					FilterChain: &networking.EnvoyFilter_ListenerMatch_FilterChainMatch{
+						DestinationPort: o.Port,
+						Filter: &networking.EnvoyFilter_ListenerMatch_FilterMatch{
+							Name:      hcmFilter,
+							SubFilter: &networking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: routerFilter},
+						},
+					},
+				}},
+			},
+			Patch: &networking.EnvoyFilter_Patch{Operation: networking.EnvoyFilter_Patch_INSERT_BEFORE, Value: value},
+		})
+	}
+	return spec, nil
+}
+
+// filterValue is the patch value {name, typed_config} with the typed
+// config in Envoy's JSON form (proto field names, @type first).
+func filterValue(ep *extprocv3.ExternalProcessor) (*structpb.Struct, error) {
+	a, err := anypb.New(ep)
+	if err != nil {
+		return nil, err
+	}
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	tc := &structpb.Struct{}
+	if err := protojson.Unmarshal(js, tc); err != nil {
+		return nil, err
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		"name":         structpb.NewStringValue(FilterName),
+		"typed_config": structpb.NewStructValue(tc),
+	}}, nil
+}
+
+// Render returns the EnvoyFilter as a YAML document, with a header comment
+// saying how it was made and how to remake it.
+func Render(o Options) ([]byte, error) {
+	spec, err := Spec(o)
+	if err != nil {
+		return nil, err
+	}
+	o.applyDefaults()
+	specJSON, err := protojson.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	obj := map[string]any{
+		"apiVersion": apiVersion,
+		"kind":       kindEnvoyFilt,
+		"metadata": map[string]any{
+			"name":      o.Name,
+			"namespace": o.Namespace,
+			"labels": map[string]string{
+				"app.kubernetes.io/part-of":   "inflight",
+				"app.kubernetes.io/component": "envoyfilter",
+				"inflight.dev/profile":        string(o.Profile),
+			},
+		},
+		"spec": json.RawMessage(specJSON),
+	}
+	js, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	y, err := yaml.JSONToYAML(js)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Generated by: %s\n", o.Command())
+	b.WriteString("# Do not edit: re-render instead. Profile " + string(o.Profile) + "; one patch per Istio generation:\n")
+	for _, g := range Generations() {
+		fmt.Fprintf(&b, "#   proxyVersion %s: Istio %s (Envoy %s)\n", g.ProxyVersion, g.Istio, g.Envoy)
+	}
+	b.Write(y)
+	return []byte(b.String()), nil
+}
+
+// Command is the inflightctl command line that renders o.
+func (o Options) Command() string {
+	o.applyDefaults()
+	args := []string{"inflightctl envoyfilter", "--namespace " + o.Namespace, "--selector " + FormatSelector(o.Selector), "--profile " + string(o.Profile)}
+	if o.Gateway {
+		args = append(args, "--gateway")
+	}
+	if o.Port != 0 {
+		args = append(args, fmt.Sprintf("--port %d", o.Port))
+	}
+	if o.Name != defaultName(o.Selector, o.Gateway) {
+		args = append(args, "--name "+o.Name)
+	}
+	d := Options{}
+	d.applyDefaults()
+	if o.ExtprocService != d.ExtprocService {
+		args = append(args, "--extproc-service "+o.ExtprocService)
+	}
+	if o.ExtprocNamespace != d.ExtprocNamespace {
+		args = append(args, "--extproc-namespace "+o.ExtprocNamespace)
+	}
+	if o.ExtprocPort != d.ExtprocPort {
+		args = append(args, fmt.Sprintf("--extproc-port %d", o.ExtprocPort))
+	}
+	if o.MessageTimeout != d.MessageTimeout {
+		args = append(args, "--message-timeout "+o.MessageTimeout.String())
+	}
+	if o.DeferredCloseTimeout != d.DeferredCloseTimeout {
+		args = append(args, "--deferred-close-timeout "+o.DeferredCloseTimeout.String())
+	}
+	return strings.Join(args, " ")
+}
+
+// ParseSelector parses "k=v,k2=v2" into labels.
+func ParseSelector(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	m, err := labels.ConvertSelectorToLabelsMap(s)
+	if err != nil {
+		return nil, fmt.Errorf("--selector=%q: want k=v[,k=v...]: %w", s, err)
+	}
+	return m, nil
+}
+
+// FormatSelector is the inverse of ParseSelector, keys sorted.
+func FormatSelector(sel map[string]string) string {
+	return labels.Set(sel).String()
+}
