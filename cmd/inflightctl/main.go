@@ -1,6 +1,7 @@
 // Command inflightctl is inflight's command-line tool. Subcommands:
 //
 //	envoyfilter   render the EnvoyFilter that plugs a workload (or a gateway) into inflight
+//	status        the managed Deployments as the leading controller sees them
 //
 // Run "inflightctl <subcommand> -h" for its flags.
 package main
@@ -25,12 +26,13 @@ type subcommand func(ctx context.Context, args []string, stdout, stderr io.Write
 func subcommands() map[string]subcommand {
 	return map[string]subcommand{
 		"envoyfilter": runEnvoyFilter,
+		"status":      runStatus,
 	}
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, "usage: inflightctl <subcommand> [flags]\n\nsubcommands:\n  envoyfilter   render the EnvoyFilter for a workload or a gateway")
+		fmt.Fprintln(stderr, "usage: inflightctl <subcommand> [flags]\n\nsubcommands:\n  envoyfilter   render the EnvoyFilter for a workload or a gateway\n  status        the managed Deployments as the leading controller sees them")
 		if len(args) == 0 {
 			return fmt.Errorf("no subcommand")
 		}
@@ -38,7 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmd, ok := subcommands()[args[0]]
 	if !ok {
-		return fmt.Errorf("unknown subcommand %q (want envoyfilter)", args[0])
+		return fmt.Errorf("unknown subcommand %q (want envoyfilter or status)", args[0])
 	}
 	return cmd(ctx, args[1:], stdout, stderr)
 }

@@ -18,7 +18,7 @@ import (
 // runStatus implements `inflightctl status`: it reads GET /v1/status from
 // each --controller URL, takes the leader's view (a follower lists no
 // workloads) and prints one row per managed Deployment.
-func runStatus(args []string, stdout, stderr io.Writer) error {
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	controllers := fs.String("controller", "http://127.0.0.1:9091",
@@ -46,7 +46,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		errs   []error
 	)
 	for _, u := range urls {
-		st, err := fetchStatus(context.Background(), hc, u)
+		st, err := fetchStatus(ctx, hc, u)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -115,10 +115,11 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	head := "NAMESPACE\tDEPLOYMENT\tTARGET\tIN-FLIGHT\tSTABLE\tBURST\tTREND\tDESIRED\tREADY\tREQUESTED\tLAST DECISION\tREASON"
+	head := "NAMESPACE\tDEPLOYMENT\tTARGET\tIN-FLIGHT\tSTABLE\tBURST\tTREND\tDESIRED\tREADY\tREQUESTED\tLAST DECISION"
 	if wide {
 		head += "\tPREDICTED\tCOLD-START\tLAST CHANGE"
 	}
+	head += "\tREASON"
 	fmt.Fprintln(tw, head)
 	for _, ws := range st.Workloads {
 		target := "-"
@@ -128,7 +129,7 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 		row := []string{ws.Namespace, ws.Workload, target}
 		d := ws.Last
 		if d == nil {
-			row = append(row, "-", "-", "-", "-", "-", "-", "-", "none yet", reasonOf(ws, ""))
+			row = append(row, "-", "-", "-", "-", "-", "-", "-", "none yet")
 		} else {
 			burst := fmt.Sprintf("%.1f", d.PanicDemand)
 			if d.Panicking {
@@ -136,7 +137,7 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 			}
 			row = append(row, fmt.Sprintf("%.0f", d.InFlight), fmt.Sprintf("%.1f", d.StableDemand), burst,
 				fmt.Sprintf("%+.2f/s", d.Trend), fmt.Sprint(d.Desired), fmt.Sprint(d.Ready), requested(d),
-				fmt.Sprintf("%s %s ago", d.Direction, age(st.Time, d.Time)), reasonOf(ws, d.Reason))
+				fmt.Sprintf("%s %s ago", d.Direction, age(st.Time, d.Time)))
 		}
 		if wide {
 			if d == nil {
@@ -150,6 +151,11 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 				row = append(row, "none")
 			}
 		}
+		reason := ""
+		if d != nil {
+			reason = d.Reason
+		}
+		row = append(row, reasonOf(ws, reason))
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	return tw.Flush()
