@@ -1,0 +1,174 @@
+// Package envoytest runs real inflight extproc servers (extproc.Server with
+// its own Tracker and Prometheus registry) on loopback ports for the
+// harness-driven tests, and checks their counters. Each Replica is
+// independent; its methods are safe for concurrent use. No global state.
+package envoytest
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/inflight-dev/inflight/extproc"
+)
+
+// Replica is one extproc server: a grpc.Server on its own 127.0.0.1 port.
+type Replica struct {
+	Tracker  *extproc.Tracker
+	Registry *prometheus.Registry
+	Server   *grpc.Server
+	Addr     string
+}
+
+// Start starts n replicas, stopped at the end of the test. opts are extra
+// grpc.ServerOptions (e.g. an interceptor making the server slow).
+func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
+	t.Helper()
+	reps := make([]*Replica, n)
+	for i := range reps {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := extproc.NewTracker(extproc.TrackerOptions{})
+		reg := prometheus.NewRegistry()
+		m, err := extproc.NewMetrics(reg, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs := grpc.NewServer(opts...)
+		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, m, nil))
+		go func() { _ = gs.Serve(lis) }()
+		t.Cleanup(gs.Stop)
+		reps[i] = &Replica{Tracker: tr, Registry: reg, Server: gs, Addr: lis.Addr().String()}
+	}
+	return reps
+}
+
+// Addrs returns the replicas' addresses.
+func Addrs(reps []*Replica) []string {
+	out := make([]string, len(reps))
+	for i, r := range reps {
+		out[i] = r.Addr
+	}
+	return out
+}
+
+// Totals are counters summed over targets (and replicas).
+type Totals struct {
+	InFlight            int64
+	Started, Completed  uint64
+	Busy, DurationSum   float64
+	Targets             int
+	IdentifiedTargets   int // targets with an empty Reason
+	UnattributedStarted uint64
+}
+
+// Sum reads every replica's tracker once and sums.
+func Sum(reps []*Replica) Totals {
+	var s Totals
+	for _, r := range reps {
+		for _, rec := range r.Tracker.Records() {
+			s.InFlight += rec.InFlight
+			s.Started += rec.Started
+			s.Completed += rec.Completed
+			s.Busy += rec.BusySeconds
+			s.DurationSum += rec.DurationSecondsSum
+			s.Targets++
+			if rec.Reason == "" {
+				s.IdentifiedTargets++
+			} else {
+				s.UnattributedStarted += rec.Started
+			}
+		}
+	}
+	return s
+}
+
+// Drained polls (bounded by timeout) until every target on every replica
+// has in_flight = 0 and started = completed, and fails the test otherwise.
+// It returns the final totals.
+func Drained(t testing.TB, reps []*Replica, timeout time.Duration) Totals {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		bad := Violations(reps)
+		if bad == "" {
+			return Sum(reps)
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("not drained after %v: %s", timeout, bad)
+			return Totals{}
+		}
+	}
+}
+
+// Violations describes every target whose in_flight ≠ 0 or started ≠
+// completed, or returns "".
+func Violations(reps []*Replica) string {
+	var b strings.Builder
+	for i, r := range reps {
+		for _, rec := range r.Tracker.Records() {
+			if rec.InFlight != 0 || rec.Started != rec.Completed {
+				fmt.Fprintf(&b, "replica %d target %s/%s/%s/%s%s: in_flight=%d started=%d completed=%d; ",
+					i, rec.Namespace, rec.Workload, rec.Service, rec.Pod, rec.Reason, rec.InFlight, rec.Started, rec.Completed)
+			}
+		}
+	}
+	return b.String()
+}
+
+// EndCount returns the replica's inflight_extproc_request_ends_total for
+// cause (e.g. "stream_eof", "stream_canceled", "response_body_eos").
+func (r *Replica) EndCount(t testing.TB, cause string) float64 {
+	t.Helper()
+	mfs, err := r.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "inflight_extproc_request_ends_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cause" && l.GetValue() == cause {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// WaitInFlight polls (bounded by timeout) until the replicas together count
+// n requests in flight, and fails the test otherwise.
+func WaitInFlight(t testing.TB, reps []*Replica, n int64, timeout time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := Sum(reps).InFlight
+		if got == n {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("in flight %d after %v, want %d", got, timeout, n)
+		}
+	}
+}
