@@ -1,0 +1,581 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/inflight-dev/inflight/scaling"
+	"github.com/inflight-dev/inflight/scaling/sim"
+	"github.com/inflight-dev/inflight/test/demo/fleet"
+	"github.com/inflight-dev/inflight/test/demo/replay"
+	"github.com/inflight-dev/inflight/test/demo/stack"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+)
+
+// The demo's model Deployment.
+const (
+	modelNamespace = "models"
+	modelName      = "llama-chat"
+)
+
+type demo struct {
+	opt     Options
+	root    string
+	out     io.Writer
+	errw    io.Writer
+	trace   sim.Trace
+	started time.Time
+
+	st    *stack.Stack
+	fl    *fleet.Fleet
+	rp    *replay.Replayer
+	model sim.Model
+
+	mu      sync.Mutex
+	samples []sample
+
+	// lastScreen is printed after the shutdown (inflightctl status).
+	lastScreen string
+}
+
+// sample is one point of the timeline (wall time since the load started).
+type sample struct {
+	T                        time.Duration
+	MeshInFlight             float64
+	Desired, Ready, Starting int
+}
+
+// annotations are the demo's inflight.dev/ values: the defaults of
+// DESIGN.md compressed by -speed (within the allowed ranges).
+func (d *demo) annotations() map[string]string {
+	sp := d.opt.Speed
+	comp := func(def, floor time.Duration) string {
+		v := time.Duration(float64(def) / sp)
+		return max(v, floor).Round(time.Millisecond).String()
+	}
+	p := scaling.AnnotationPrefix
+	return map[string]string{
+		p + scaling.AnnTarget:         fmt.Sprint(d.opt.Target),
+		p + scaling.AnnMinReplicas:    "1",
+		p + scaling.AnnMaxReplicas:    fmt.Sprint(d.opt.MaxReplica),
+		p + scaling.AnnWindow:         comp(scaling.DefaultWindow, 6*time.Second),
+		p + scaling.AnnPanicWindow:    comp(scaling.DefaultPanicWindow, time.Second),
+		p + scaling.AnnScaleDownDelay: comp(scaling.DefaultScaleDownDelay, 0),
+		p + scaling.AnnColdStart:      comp(time.Duration(d.model.ColdStart*float64(time.Second)), 0),
+	}
+}
+
+func (d *demo) logf(format string, args ...any) {
+	fmt.Fprintf(d.out, "[%6.1fs] %s\n", time.Since(d.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func (d *demo) run(ctx context.Context) (err error) {
+	d.model = sim.DefaultModel()
+	if err := os.RemoveAll(d.opt.Dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(d.opt.Dir, 0o755); err != nil {
+		return err
+	}
+	bins := stack.Bins{}
+	binDir := filepath.Join(d.root, ".cache", "demo", "bin")
+	if d.opt.NoBuild {
+		bins = stack.Bins{Extproc: filepath.Join(binDir, "extproc"), Controller: filepath.Join(binDir, "controller"),
+			Inflightctl: filepath.Join(binDir, "inflightctl")}
+	} else {
+		d.logf("building the control plane (test/controlplane/build.sh; ≈10 min the first time, cached after) and the binaries ...")
+		buildLog, err := os.Create(filepath.Join(d.opt.Dir, "build.log"))
+		if err != nil {
+			return err
+		}
+		bins, err = stack.Build(ctx, d.root, io.MultiWriter(buildLog, prefixWriter{d.errw}), true)
+		_ = buildLog.Close()
+		if err != nil {
+			return err
+		}
+	}
+
+	d.logf("starting etcd + kube-apiserver ...")
+	tick := max(100*time.Millisecond, time.Duration(float64(time.Second)/d.opt.Speed))
+	st, err := stack.Start(stack.Options{Bins: bins, Dir: d.opt.Dir, Tick: tick,
+		LeaseDuration: 6 * time.Second, RenewDeadline: 4 * time.Second, RetryPeriod: time.Second})
+	if err != nil {
+		return err
+	}
+	d.st = st
+	defer func() {
+		if serr := d.shutdown(); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}()
+	d.logf("kube-apiserver at %s (kubeconfig %s)", st.Config.Host, st.Kubeconfig)
+
+	for i := range 2 {
+		e, err := st.StartExtproc(ctx, i)
+		if err != nil {
+			return err
+		}
+		d.logf("extproc %d: ext_proc gRPC %s, admin http://%s (pid %d)", i, e.GRPC, e.Admin, e.Pid())
+	}
+	for i := range 2 {
+		c, err := st.StartController(ctx, i)
+		if err != nil {
+			return err
+		}
+		d.logf("controller %d: admin http://%s (pid %d), tick %v", i, c.Admin, c.Pid(), tick)
+	}
+	if d.opt.Prometheus {
+		url, err := d.startPrometheus(ctx)
+		if err != nil {
+			return err
+		}
+		d.logf("Prometheus: %s (scraping 2 extprocs and 2 controllers)", url)
+	}
+	if err := d.createModel(ctx); err != nil {
+		return err
+	}
+	fl, err := fleet.New(st.Client, fleet.Options{Namespace: modelNamespace, Deployment: modelName,
+		Model: d.model, Speed: d.opt.Speed, WarmStart: true})
+	if err != nil {
+		return err
+	}
+	d.fl = fl
+	fctx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	fleetDone := make(chan error, 1)
+	go func() { fleetDone <- fl.Run(fctx) }()
+	defer func() {
+		stopFleet()
+		if ferr := <-fleetDone; ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}()
+	if err := d.waitFor(ctx, 30*time.Second, "the initial replicas to be ready", func(s fleet.Sample) bool {
+		return s.Ready >= d.opt.Initial
+	}); err != nil {
+		return err
+	}
+	leader, err := d.waitLeader(ctx)
+	if err != nil {
+		return err
+	}
+	d.logf("%s leads (Lease %s/%s)", leader.Identity, stack.SystemNamespace, stack.LeaseName)
+
+	versions, _ := replay.ParseVersions(d.opt.Envoy)
+	var grpcAddrs []string
+	for _, e := range st.Extprocs {
+		grpcAddrs = append(grpcAddrs, e.GRPC)
+	}
+	rp, err := replay.New(fl, replay.Options{Namespace: modelNamespace, Workload: modelName, Service: modelName,
+		Versions: versions, Extprocs: grpcAddrs, Speed: d.opt.Speed})
+	if err != nil {
+		return err
+	}
+	d.rp = rp
+	defer rp.Close()
+
+	wall := time.Duration(d.trace.Duration / d.opt.Speed * float64(time.Second))
+	d.logf("replaying %d requests (%s, %.0f min) at %g× speed: ≈ %v; sidecars: Envoy %s; GPU model: batch %d, %g prefill tok/s, %g ms/token, cold start %gs (%v compressed)",
+		len(d.trace.Requests), d.trace.Name, d.trace.Duration/60, d.opt.Speed, wall.Round(time.Second), d.opt.Envoy,
+		d.model.Batch, d.model.PrefillTPS, d.model.SecPerToken*1000, d.model.ColdStart, fl.Compress(d.model.ColdStart).Round(time.Millisecond))
+	d.logf("annotations: %s", formatAnnotations(d.annotations()))
+
+	loadStart := time.Now()
+	stLoop := d.startStatus(ctx, loadStart)
+	replayErr := rp.Run(ctx, d.trace)
+	if ctx.Err() != nil {
+		stLoop.stop()
+		return fmt.Errorf("stopped during the replay: %w", ctx.Err())
+	}
+	if replayErr != nil {
+		stLoop.stop()
+		return replayErr
+	}
+	d.logf("load done: %d requests ended; waiting for the scale-down ...", rp.Stats().Done)
+
+	sdd := time.Duration(float64(scaling.DefaultScaleDownDelay) / d.opt.Speed)
+	tail := d.opt.Tail
+	if tail == 0 {
+		tail = 3*sdd + 20*time.Second
+	}
+	tailErr := d.waitFor(ctx, tail, "the scale-down to 1 replica", func(s fleet.Sample) bool {
+		return s.Desired == 1 && s.Live == 1 && s.Draining == 0
+	})
+	stLoop.stop()
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopped during the tail: %w", ctx.Err())
+	}
+	if tailErr != nil {
+		d.logf("note: %v", tailErr)
+	}
+	return d.finish(ctx, loadStart)
+}
+
+// shutdown stops every process and the control plane and checks that no
+// child process is left.
+func (d *demo) shutdown() error {
+	if d.st == nil {
+		return nil
+	}
+	n := len(d.st.Procs())
+	err := d.st.Stop()
+	if kids := stack.Children(); len(kids) > 0 {
+		err = errors.Join(err, fmt.Errorf("child processes left after shutdown: %v", kids))
+	} else {
+		d.logf("stopped %d processes and the control plane; no child process left", n)
+	}
+	return err
+}
+
+func (d *demo) waitLeader(ctx context.Context) (*stack.Controller, error) {
+	var leader *stack.Controller
+	err := poll(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
+		leader = d.st.Leader(ctx)
+		return leader != nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("no controller leads after 30 s (logs in %s): %w", d.opt.Dir, err)
+	}
+	return leader, nil
+}
+
+func (d *demo) waitFor(ctx context.Context, timeout time.Duration, what string, cond func(fleet.Sample) bool) error {
+	err := poll(ctx, timeout, 100*time.Millisecond, func() bool { return cond(d.fl.Snapshot(time.Now())) })
+	if err != nil {
+		return fmt.Errorf("waiting %v for %s: %w", timeout, what, err)
+	}
+	return nil
+}
+
+// poll calls cond every period until it holds, ctx ends or timeout passes.
+func poll(ctx context.Context, timeout, period time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (d *demo) createModel(ctx context.Context) error {
+	cs := d.st.Client
+	if err := stack.EnsureNamespace(ctx, cs, modelNamespace); err != nil {
+		return err
+	}
+	labels := map[string]string{"app": modelName}
+	replicas := int32(d.opt.Initial)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: modelName, Namespace: modelNamespace, Annotations: d.annotations()},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "example.invalid/model-server:demo",
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}}}}},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments(modelNamespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Deployment %s/%s: %w", modelNamespace, modelName, err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: modelName, Namespace: modelNamespace},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 8000}}}}
+	if _, err := cs.CoreV1().Services(modelNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Service %s/%s: %w", modelNamespace, modelName, err)
+	}
+	d.logf("Deployment %s/%s created: %d replicas, annotated for inflight", modelNamespace, modelName, replicas)
+	return nil
+}
+
+func formatAnnotations(ann map[string]string) string {
+	var kv []string
+	for k, v := range ann {
+		kv = append(kv, strings.TrimPrefix(k, scaling.AnnotationPrefix)+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, " ")
+}
+
+// meshInFlight sums the model's in-flight over every extproc's snapshot.
+func (d *demo) meshInFlight(ctx context.Context) (float64, bool) {
+	sum, ok := 0.0, true
+	for _, e := range d.st.Extprocs {
+		s, err := stack.Snapshot(ctx, e.Admin)
+		if err != nil {
+			ok = false
+			continue
+		}
+		for _, t := range s.Targets {
+			if t.Namespace == modelNamespace && t.Workload == modelName {
+				sum += float64(t.InFlight)
+			}
+		}
+	}
+	return sum, ok
+}
+
+type statusLoop struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s statusLoop) stop() { s.cancel(); <-s.done }
+
+// startStatus prints one status line per second and samples the timeline
+// twice per second until stopped.
+func (d *demo) startStatus(ctx context.Context, start time.Time) statusLoop {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		lastSent, lastT, n := int64(0), time.Now(), 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			now := time.Now()
+			inf, _ := d.meshInFlight(ctx)
+			fs := d.fl.Snapshot(now)
+			d.mu.Lock()
+			d.samples = append(d.samples, sample{T: now.Sub(start), MeshInFlight: inf,
+				Desired: int(fs.Desired), Ready: fs.Ready, Starting: fs.Starting})
+			d.mu.Unlock()
+			n++
+			if n%2 != 0 {
+				continue
+			}
+			sent := d.rp.Stats().Sent
+			rate := float64(sent-lastSent) / now.Sub(lastT).Seconds()
+			lastSent, lastT = sent, now
+			el := now.Sub(start)
+			fmt.Fprintf(d.out, "%s (trace %s)  %6.1f req/s  in-flight %3.0f  replicas desired %2d ready %2d starting %2d  p99 wait %s\n",
+				clock(el), clock(time.Duration(float64(el)*d.opt.Speed)), rate, inf, fs.Desired, fs.Ready, fs.Starting, fmtWait(fs.P99))
+		}
+	}()
+	return statusLoop{cancel: cancel, done: done}
+}
+
+func clock(d time.Duration) string {
+	s := int(d.Seconds())
+	return fmt.Sprintf("%02d:%02d", s/60, s%60)
+}
+
+func fmtWait(sec float64) string {
+	switch {
+	case sec < 1:
+		return fmt.Sprintf("%4.0fms", sec*1000)
+	case sec < 120:
+		return fmt.Sprintf("%5.1fs", sec)
+	}
+	return fmt.Sprintf("%4.1fmin", sec/60)
+}
+
+// finish checks the counters, prints the summary, the Events, writes the
+// PNG and shows inflightctl status.
+func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
+	leaks, err := d.leaks(ctx)
+	if err != nil {
+		return err
+	}
+	fs := d.fl.Snapshot(time.Now())
+	events, err := d.events(ctx)
+	if err != nil {
+		return err
+	}
+	ups, downs := 0, 0
+	for _, e := range events {
+		switch e.Reason {
+		case "ScaledUp":
+			ups++
+		case "ScaledDown":
+			downs++
+		}
+	}
+	waits := d.fl.Waits()
+	stats := d.rp.Stats()
+	wall := time.Since(loadStart)
+
+	w := d.out
+	fmt.Fprintf(w, "\n=== summary: %s, %d requests, %.0f trace minutes in %v (%g×) ===\n", d.trace.Name, stats.Sent,
+		d.trace.Duration/60, wall.Round(time.Second), d.opt.Speed)
+	row := func(k, v string) { fmt.Fprintf(w, "  %-34s %s\n", k, v) }
+	row("GPU-hours (replica-time, uncompressed)", fmt.Sprintf("%.2f", fs.GPUHours))
+	row("peak desired replicas", fmt.Sprint(d.peakReplicas()))
+	row("wait p50 / p99 / max", fmt.Sprintf("%s / %s / %s", fmtWait(quantile(waits, 0.5)), fmtWait(quantile(waits, 0.99)), fmtWait(quantile(waits, 1))))
+	row("requests served / outcomes", fmt.Sprintf("%d / %s", stats.Done, formatOutcomes(stats.Outcomes)))
+	row("scale events (spec.replicas changes)", fmt.Sprintf("%d (Events: %d ScaledUp, %d ScaledDown)", fs.Changes, ups, downs))
+	row("replicas at the end", fmt.Sprintf("desired %d, ready %d", fs.Desired, fs.Ready))
+	for _, l := range leaks {
+		row("leaked counts "+l.replica, fmt.Sprintf("in_flight %d, started−completed %d over %d targets (started %d)", l.inFlight, l.unmatched, l.targets, l.started))
+	}
+	totalLeak := int64(0)
+	for _, l := range leaks {
+		totalLeak += l.inFlight + l.unmatched
+	}
+	row("leaked counts (total)", fmt.Sprint(totalLeak))
+
+	fmt.Fprintf(w, "\n=== Events on Deployment %s/%s ===\n", modelNamespace, modelName)
+	for _, e := range events {
+		ts := e.LastTimestamp.Time
+		if ts.IsZero() {
+			ts = e.EventTime.Time
+		}
+		src := e.Source.Host
+		if src == "" {
+			src = e.ReportingInstance
+		}
+		cnt := ""
+		if e.Count > 1 {
+			cnt = fmt.Sprintf(" (×%d)", e.Count)
+		}
+		fmt.Fprintf(w, "  %s  %-8s %-12s %s%s  [%s]\n", ts.Format("15:04:05"), e.Type, e.Reason, e.Message, cnt, src)
+	}
+
+	if err := d.writePNG(d.opt.PNG); err != nil {
+		return fmt.Errorf("timeline PNG: %w", err)
+	}
+	fmt.Fprintf(w, "\ntimeline (demand vs replicas): %s\n", d.opt.PNG)
+
+	ctl := d.inflightctl(ctx)
+	d.lastScreen = ctl
+	if totalLeak != 0 {
+		return fmt.Errorf("%d leaked counts in the extprocs after the load drained", totalLeak)
+	}
+	return nil
+}
+
+func formatOutcomes(m map[string]int) string {
+	var kv []string
+	for k, v := range m {
+		kv = append(kv, fmt.Sprintf("%s %d", k, v))
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, ", ")
+}
+
+func quantile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[min(len(s)-1, int(math.Floor(q*float64(len(s)))))]
+}
+
+// peakReplicas is the highest spec.replicas seen.
+func (d *demo) peakReplicas() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := 0
+	for _, s := range d.samples {
+		m = max(m, s.Desired)
+	}
+	return m
+}
+
+type leak struct {
+	replica             string
+	inFlight, unmatched int64
+	started             uint64
+	targets             int
+}
+
+// leaks polls every extproc until no request is in flight (bounded: the
+// side streams are closed by now, so this is at most one snapshot period),
+// then reports in-flight and started − completed per replica.
+func (d *demo) leaks(ctx context.Context) ([]leak, error) {
+	var out []leak
+	err := poll(ctx, 15*time.Second, 200*time.Millisecond, func() bool {
+		out = out[:0]
+		clean := true
+		for _, e := range d.st.Extprocs {
+			s, err := stack.Snapshot(ctx, e.Admin)
+			if err != nil {
+				return false
+			}
+			l := leak{replica: s.Replica, targets: len(s.Targets)}
+			for _, t := range s.Targets {
+				l.inFlight += t.InFlight
+				l.unmatched += int64(t.Started) - int64(t.Completed)
+				l.started += t.Started
+			}
+			clean = clean && l.inFlight == 0 && l.unmatched == 0
+			out = append(out, l)
+		}
+		return clean
+	})
+	if err != nil && len(out) < len(d.st.Extprocs) {
+		return nil, fmt.Errorf("reading the extprocs' snapshots after the load: %w", err)
+	}
+	return out, nil
+}
+
+func (d *demo) events(ctx context.Context) ([]corev1.Event, error) {
+	sel := fields.AndSelectors(fields.OneTermEqualSelector("involvedObject.name", modelName),
+		fields.OneTermEqualSelector("involvedObject.kind", "Deployment"))
+	list, err := d.st.Client.CoreV1().Events(modelNamespace).List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list Events: %w", err)
+	}
+	ev := list.Items
+	sort.SliceStable(ev, func(i, j int) bool {
+		a, b := ev[i].FirstTimestamp.Time, ev[j].FirstTimestamp.Time
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return ev[i].CreationTimestamp.Before(&ev[j].CreationTimestamp)
+	})
+	return ev, nil
+}
+
+// inflightctl runs `inflightctl status` against both controllers.
+func (d *demo) inflightctl(ctx context.Context) string {
+	var urls []string
+	for _, c := range d.st.Controllers {
+		urls = append(urls, "http://"+c.Admin)
+	}
+	args := []string{"status", "--controller", strings.Join(urls, ",")}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var buf bytes.Buffer
+	cmd := exec.CommandContext(cctx, filepath.Join(d.root, ".cache", "demo", "bin", "inflightctl"), args...)
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintf(&buf, "(inflightctl: %v)\n", err)
+	}
+	return "$ inflightctl " + strings.Join(args, " ") + "\n" + buf.String()
+}
+
+// prefixWriter indents build output.
+type prefixWriter struct{ w io.Writer }
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	_, err := p.w.Write(bytes.ReplaceAll(b, []byte("\n"), []byte("\n    ")))
+	return len(b), err
+}

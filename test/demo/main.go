@@ -1,0 +1,169 @@
+// Command demo is inflight's end-to-end demo (make demo): a real
+// kube-apiserver and etcd, two extproc processes, two controller processes
+// (one leads through the Lease), a model Deployment annotated for inflight,
+// a simulated GPU fleet that follows that Deployment's replicas, and the
+// Envoy-faithful ext_proc harness acting as the mesh, replaying the Azure
+// LLM conversation trace time-compressed. It prints one status line per
+// second, then a summary (GPU-hours, waits, scale events, leaked counts),
+// the controllers' Events, a PNG timeline and `inflightctl status`.
+//
+// Every process it starts leads its own process group and is stopped on
+// exit, on error and on SIGINT/SIGTERM; the last line says whether any child
+// process is left.
+//
+// The program's state lives in one demo value owned by run; the status and
+// sampling loop is one goroutine. There is no package-level mutable state.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/inflight-dev/inflight/scaling/sim"
+	"github.com/inflight-dev/inflight/test/controlplane"
+	"github.com/inflight-dev/inflight/test/demo/replay"
+)
+
+func main() {
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.Is(err, errInterrupted):
+		fmt.Fprintln(os.Stderr, "demo: interrupted")
+		os.Exit(130)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+var errInterrupted = errors.New("interrupted")
+
+// Options are the demo's flags.
+type Options struct {
+	Trace      string
+	Speed      float64
+	Minutes    float64
+	Initial    int
+	Target     float64
+	MaxReplica int
+	Envoy      string
+	Prometheus bool
+	PNG        string
+	Dir        string
+	NoBuild    bool
+	Tail       time.Duration
+}
+
+func defaultOptions(root string) Options {
+	return Options{
+		Trace:      filepath.Join(root, "..", "shared", "traces", "azure-llm-2023-conv.csv"),
+		Speed:      20,
+		Minutes:    60,
+		Initial:    4,
+		Target:     5,
+		MaxReplica: 16,
+		Envoy:      "mixed",
+		PNG:        filepath.Join(root, ".cache", "demo", "timeline.png"),
+		Dir:        filepath.Join(root, ".cache", "demo", "run"),
+	}
+}
+
+func (o *Options) bind(fs *flag.FlagSet) {
+	fs.StringVar(&o.Trace, "trace", o.Trace, "request trace (TIMESTAMP,ContextTokens,GeneratedTokens)")
+	fs.Float64Var(&o.Speed, "speed", o.Speed, "time compression: trace time, service times and cold starts run this many times faster")
+	fs.Float64Var(&o.Minutes, "minutes", o.Minutes, "replay only the first this many minutes of the trace")
+	fs.IntVar(&o.Initial, "initial", o.Initial, "replicas the model Deployment starts with (ready)")
+	fs.Float64Var(&o.Target, "target", o.Target, "inflight.dev/target: requests in flight per replica")
+	fs.IntVar(&o.MaxReplica, "max-replicas", o.MaxReplica, "inflight.dev/max-replicas")
+	fs.StringVar(&o.Envoy, "envoy", o.Envoy, "sidecar Envoy versions: mixed, 1.36 or 1.37")
+	fs.BoolVar(&o.Prometheus, "prometheus", o.Prometheus, "also run /usr/bin/prometheus scraping the extprocs and controllers")
+	fs.StringVar(&o.PNG, "png", o.PNG, "where to write the timeline PNG")
+	fs.StringVar(&o.Dir, "dir", o.Dir, "folder for the processes' logs, the kubeconfig and Prometheus data")
+	fs.BoolVar(&o.NoBuild, "no-build", o.NoBuild, "use the binaries already in .cache/demo/bin and the cached control plane")
+	fs.DurationVar(&o.Tail, "tail", o.Tail, "after the load, how long to wait for the scale-down (0: 3 × scale-down-delay + 20 s)")
+}
+
+func (o Options) validate() error {
+	switch {
+	case o.Speed < 1 || o.Speed > 200:
+		return fmt.Errorf("-speed %g: want between 1 and 200", o.Speed)
+	case o.Minutes <= 0:
+		return fmt.Errorf("-minutes %g: want > 0", o.Minutes)
+	case o.Initial < 1 || o.Initial > o.MaxReplica:
+		return fmt.Errorf("-initial %d: want between 1 and -max-replicas (%d)", o.Initial, o.MaxReplica)
+	case o.Target <= 0:
+		return fmt.Errorf("-target %g: want > 0", o.Target)
+	case o.MaxReplica < 1 || o.MaxReplica > 64:
+		return fmt.Errorf("-max-replicas %d: want between 1 and 64", o.MaxReplica)
+	}
+	if _, err := replay.ParseVersions(o.Envoy); err != nil {
+		return fmt.Errorf("-envoy: %w", err)
+	}
+	return nil
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		return fmt.Errorf("run the demo from inside the repository: %w", err)
+	}
+	opt := defaultOptions(root)
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	opt.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := opt.validate(); err != nil {
+		return err
+	}
+	tr, err := loadTrace(opt.Trace, opt.Minutes)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	d := &demo{opt: opt, root: root, out: stdout, errw: stderr, trace: tr, started: time.Now()}
+	err = d.run(ctx)
+	if d.lastScreen != "" {
+		fmt.Fprintf(stdout, "\n%s", d.lastScreen)
+	}
+	if ctx.Err() != nil && err != nil {
+		fmt.Fprintln(stderr, "demo:", err)
+		return errInterrupted
+	}
+	return err
+}
+
+func loadTrace(path string, minutes float64) (sim.Trace, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return sim.Trace{}, fmt.Errorf("the demo replays the Azure LLM trace, expected at %s (../shared/traces/ beside the repository; -trace to point elsewhere): %w", path, err)
+	}
+	defer f.Close()
+	tr, err := sim.LoadCSV(filepath.Base(path), f)
+	if err != nil {
+		return sim.Trace{}, err
+	}
+	horizon := minutes * 60
+	n := 0
+	for n < len(tr.Requests) && tr.Requests[n].Arrival < horizon {
+		n++
+	}
+	tr.Requests = tr.Requests[:n]
+	if n == 0 {
+		return sim.Trace{}, fmt.Errorf("%s: no request in the first %g minutes", path, minutes)
+	}
+	tr.Duration = min(tr.Duration, horizon)
+	return tr, nil
+}
