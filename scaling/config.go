@@ -34,7 +34,7 @@ const (
 	DefaultWindow           = 60 * time.Second
 	DefaultPanicWindow      = 6 * time.Second
 	DefaultPanicThreshold   = 2.0
-	DefaultScaleDownDelay   = 5 * time.Minute
+	DefaultScaleDownDelay   = ScaleDownDelayColdStart
 	DefaultMaxScaleUpRate   = 10.0
 	DefaultMaxScaleDownRate = 2.0
 	// DefaultColdStartLead is the lead time used when neither the
@@ -42,6 +42,14 @@ const (
 	// order of loading a model of several GB onto a GPU.
 	DefaultColdStartLead = 120 * time.Second
 )
+
+// ScaleDownDelayColdStart is the ScaleDownDelay that follows the cold
+// start (Config.ColdStart, else the learned one, else
+// DefaultColdStartLead): the ski-rental break-even. Holding an idle replica
+// for one cold start and then releasing it never costs more than twice
+// what knowing the future would have (pay for the idle time, or for the
+// GPU time of a start-up), whatever the load does next.
+const ScaleDownDelayColdStart time.Duration = -1
 
 // Allowed ranges. They are wide on purpose: they reject nonsense (negative,
 // NaN, a window of a millisecond), not unusual but legitimate settings.
@@ -74,6 +82,9 @@ type Config struct {
 	// PanicThreshold: panic when short-window demand ≥ threshold × ready capacity.
 	PanicThreshold float64
 	// ScaleDownDelay: no scale-down until demand has stayed lower this long.
+	// ScaleDownDelayColdStart (the default; annotation value "cold-start")
+	// means one cold-start lead: keeping an idle replica longer than it
+	// takes to bring one back costs more than bringing it back would.
 	ScaleDownDelay time.Duration
 	// MaxScaleUpRate caps one decision at ceil(rate × current) replicas;
 	// MaxScaleDownRate floors it at floor(current / rate).
@@ -175,8 +186,12 @@ func ParseAnnotations(ann map[string]string) (Config, error) {
 		p.cfg.PanicThreshold = p.float(AnnPanicThreshold, v, minThreshold, true, maxThreshold,
 			fmt.Sprintf("a number between %g and %g", minThreshold, maxThreshold))
 	}
-	if v, ok := get(AnnScaleDownDelay); ok {
+	if v, ok := get(AnnScaleDownDelay); ok && v != "cold-start" {
+		n := len(p.errs)
 		p.cfg.ScaleDownDelay = p.duration(AnnScaleDownDelay, v, 0, maxDelay)
+		if len(p.errs) > n {
+			p.errs[n].Allowed = `"cold-start" or ` + p.errs[n].Allowed
+		}
 	}
 	rateRange := fmt.Sprintf("a number > %g and ≤ %g", minRate, maxRate)
 	if v, ok := get(AnnMaxScaleUpRate); ok {
@@ -234,8 +249,10 @@ func (c Config) Validate() error {
 	}{
 		{AnnWindow, c.Window, minWindow, maxWindow},
 		{AnnPanicWindow, c.PanicWindow, minPanicWindow, maxWindow},
-		{AnnScaleDownDelay, c.ScaleDownDelay, 0, maxDelay},
 		{AnnColdStart, c.ColdStart, 0, maxColdStart},
+	}
+	if d := c.ScaleDownDelay; d != ScaleDownDelayColdStart && (d < 0 || d > maxDelay) {
+		add(AnnScaleDownDelay, d.String(), fmt.Sprintf(`"cold-start" or a duration between 0s and %v`, maxDelay))
 	}
 	for _, d := range durs {
 		if d.v < d.lo || d.v > d.hi {

@@ -46,8 +46,12 @@ func TestParseAnnotationsValues(t *testing.T) {
 	}
 	cfg, err = ParseAnnotations(map[string]string{"inflight.dev/target": "1",
 		"inflight.dev/cold-start": "learned", "inflight.dev/max-queue": "off"})
-	if err != nil || cfg.ColdStart != 0 || cfg.MaxQueue != 0 {
-		t.Fatalf("learned/off: %+v %v", cfg, err)
+	if err != nil || cfg.ColdStart != 0 || cfg.MaxQueue != 0 || cfg.ScaleDownDelay != ScaleDownDelayColdStart {
+		t.Fatalf("learned/off/default delay: %+v %v", cfg, err)
+	}
+	cfg, err = ParseAnnotations(map[string]string{"inflight.dev/target": "1", "inflight.dev/scale-down-delay": "cold-start"})
+	if err != nil || cfg.ScaleDownDelay != ScaleDownDelayColdStart {
+		t.Fatalf("scale-down-delay cold-start: %+v %v", cfg, err)
 	}
 }
 
@@ -74,7 +78,7 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{"panic-window zero", "panic-window", "0s", "between 1s"},
 		{"panic-threshold low", "panic-threshold", "1", "between 1.1 and 10"},
 		{"panic-threshold high", "panic-threshold", "11", "between 1.1 and 10"},
-		{"scale-down-delay negative", "scale-down-delay", "-5m", "between 0s and 1h0m0s"},
+		{"scale-down-delay negative", "scale-down-delay", "-5m", `"cold-start" or a duration between 0s and 1h0m0s`},
 		{"max-scale-up-rate one", "max-scale-up-rate", "1", "> 1"},
 		{"max-scale-up-rate high", "max-scale-up-rate", "5000", "≤ 1000"},
 		{"max-scale-down-rate low", "max-scale-down-rate", "0.5", "> 1"},
@@ -167,6 +171,7 @@ func TestValidate(t *testing.T) {
 		{"panic-window", func(c *Config) { c.PanicWindow = 0 }, "inflight.dev/panic-window"},
 		{"threshold", func(c *Config) { c.PanicThreshold = 1 }, "inflight.dev/panic-threshold"},
 		{"delay", func(c *Config) { c.ScaleDownDelay = -time.Second }, "inflight.dev/scale-down-delay"},
+		{"delay follows the cold start", func(c *Config) { c.ScaleDownDelay = ScaleDownDelayColdStart }, ""},
 		{"up rate", func(c *Config) { c.MaxScaleUpRate = 1 }, "inflight.dev/max-scale-up-rate"},
 		{"down rate", func(c *Config) { c.MaxScaleDownRate = 0 }, "inflight.dev/max-scale-down-rate"},
 		{"cold start", func(c *Config) { c.ColdStart = 2 * time.Hour }, "inflight.dev/cold-start"},

@@ -46,7 +46,7 @@ type Ingredient int
 // The ingredients, in the order of DESIGN.md § The policy.
 const (
 	StableWindow   Ingredient = iota // time-averaged in-flight over the stable window
-	Trend                            // least-squares slope, projected over the cold-start lead
+	Trend                            // where in-flight is going: proven arrival rate × service time; falling suppresses
 	Burst                            // panic mode on the short window
 	ColdStartAware                   // starting replicas count as capacity on the way
 	Stabilization                    // up fast, down after scale-down-delay; ratio caps
@@ -154,7 +154,7 @@ type Decision struct {
 	// StableDemand and PanicDemand are the time-averaged in-flight over the
 	// stable and the panic window; Trend the least-squares slope of in-flight
 	// over the panic window (requests/s); PredictedDemand the demand the
-	// decision sized for (after the trend projection).
+	// decision sized for (after the trend: proven arrivals × service time).
 	StableDemand, PanicDemand, Trend, PredictedDemand float64
 	Panicking                                         bool
 }
@@ -204,6 +204,9 @@ type Autoscaler struct {
 	// the windows, so the next burst starts with them (0: unknown).
 	serviceTime float64
 	perReplica  float64
+	// downDelay is the scale-down delay in force (ScaleDownDelay resolved
+	// against the cold-start lead).
+	downDelay time.Duration
 }
 
 // NewAutoscaler starts the state of one workload at now. A new autoscaler
@@ -302,12 +305,18 @@ func (r *regression) slope() (b, se float64) {
 	return b, math.Sqrt(rss / (r.n - 2) / sxx)
 }
 
+// arrivalsZ is the confidence (in standard deviations of a Poisson count)
+// at which the arrivals ingredient believes a rate: at 3, a steady stream
+// proves a rate above its own about once an hour per suffix length.
+const arrivalsZ = 3.0
+
 // windowStats is one pass over the stored samples.
 type windowStats struct {
 	stable, panic           float64 // time-averaged concurrency
 	shortSlope              float64 // over the panic window
 	longSlope, longSE       float64 // over the stable window
 	arrRate                 float64 // per second, over the panic window
+	leadRate                float64 // highest lower confidence bound of the arrival rate over a suffix of the panic window
 	perReplica              float64 // completions per ready replica-second while saturated (0: unknown)
 	partial                 bool    // a partial sample in the stable window
 	covered                 float64 // seconds of data in the stable window
@@ -319,7 +328,7 @@ type windowStats struct {
 func (a *Autoscaler) stats(now time.Time) windowStats {
 	var ws windowStats
 	W, P := a.cfg.Window.Seconds(), a.cfg.PanicWindow.Seconds()
-	var sw, sc, pw, pc, pa, satComp, satReady float64
+	var sw, sc, pw, pc, pa, satComp, satReady, sufN, sufT float64
 	var short, long regression
 	for k := 0; k < a.n; k++ {
 		s := a.at(k)
@@ -348,6 +357,17 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 			pc += o * s.conc
 			pa += s.arr * o / s.dt
 			short.add(x, s.conc)
+			// The arrivals of the last k samples, k = 1, 2, …: a Poisson
+			// count n over t seconds has sqrt(n) within 1/2 of sqrt(λt)
+			// (one sigma), so λ ≥ (sqrt(n) − z/2)²/t with confidence z.
+			// The highest such bound over the suffixes is the rate the
+			// arrivals prove right now. A partial sample's count is a
+			// lower bound, so the bound stays one.
+			sufN += s.arr
+			sufT += s.dt
+			if r := math.Sqrt(sufN) - arrivalsZ/2; r > 0 {
+				ws.leadRate = math.Max(ws.leadRate, r*r/sufT)
+			}
 		}
 	}
 	if sw > 0 {
@@ -373,11 +393,13 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 //
 //  1. stable-window demand: the time-averaged in-flight over Window (with
 //     the ingredient off: the last interval's mean);
-//  2. trend: the slope over the stable window, taken at the lower end of
-//     its confidence interval (so noise does not project), corrects the
-//     window's lag and is projected over the cold-start lead; a slope that
-//     is negative over both windows suppresses a scale-up the backlog alone
-//     would ask for;
+//  2. trend: where in-flight is going. The highest arrival rate the last
+//     seconds of the panic window prove (a lower confidence bound of the
+//     Poisson count at arrivalsZ sigma) times the service time (Little's
+//     law) raises the demand; a step in arrivals therefore scales up on
+//     the first tick whose count proves it. In-flight falling over both
+//     windows, with the arrivals not proving more, suppresses a scale-up
+//     the backlog alone would ask for;
 //  3. burst: the panic-window mean also sizes scale-ups; when it (or the
 //     in-flight now) reaches PanicThreshold × ready capacity the policy
 //     panics: in-flight now counts too, and it never scales down until a
@@ -387,7 +409,8 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 //     throughput of the ready replicas need (plus draining the backlog over
 //     one cold start), never below the replicas already requested;
 //  5. stabilization: a scale-down goes no lower than the highest
-//     recommendation of the last ScaleDownDelay; one decision moves at most
+//     recommendation of the last ScaleDownDelay (by default one cold-start
+//     lead, see ScaleDownDelayColdStart); one decision moves at most
 //     ×MaxScaleUpRate up and ÷MaxScaleDownRate down;
 //  6. fail-safe: with a partial or stale observation in the window, or
 //     less than a full window of data since the autoscaler started, it does
@@ -422,27 +445,32 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	if lead <= 0 {
 		lead = DefaultColdStartLead
 	}
+	a.downDelay = cfg.ScaleDownDelay
+	if a.downDelay == ScaleDownDelayColdStart {
+		a.downDelay = lead
+	}
 
-	// 2. Trend.
+	// 2. Trend: where in-flight is going. dL/dt = arrivals − completions,
+	// and L settles at λ·W (Little's law) about one service time W after
+	// the arrival rate λ changes; λ jumps at once on a step. So the
+	// arrival rate the last seconds prove (a lower confidence bound of a
+	// Poisson count, so noise does not buy replicas) times the service time
+	// is the level in-flight is rising to. A falling in-flight (negative
+	// slope over both windows) that the arrivals do not contradict
+	// suppresses a scale-up the backlog alone would ask for.
 	predicted := stable
 	falling := false
 	if f.On(Trend) && ws.haveStable {
-		// In-flight is autocorrelated over about one request duration, so
-		// the effective number of points is smaller than the sample count.
-		inflate := 1.0
-		if ws.meanDT > 0 && o.MeanDuration.Seconds() > ws.meanDT {
-			inflate = math.Sqrt(o.MeanDuration.Seconds() / ws.meanDT)
+		w := a.serviceTime
+		if w == 0 {
+			w = o.MeanDuration.Seconds()
 		}
-		lower := ws.longSlope - 3*ws.longSE*inflate
-		if lower > 0 && ws.shortSlope >= 0 {
-			lag := ws.stableW / 2
-			if !f.On(StableWindow) {
-				lag = 0
-			}
-			predicted = stable + lower*(lag+lead.Seconds())
-			note("rising %.2f/s", ws.shortSlope)
+		if l := ws.leadRate * w; l > predicted {
+			predicted = l
+			note("arrivals ≥ %.2f/s × %.1fs service", ws.leadRate, w)
+		} else {
+			falling = ws.shortSlope < 0 && ws.longSlope < 0
 		}
-		falling = ws.shortSlope < 0 && ws.longSlope < 0
 	}
 	demand := predicted
 
@@ -516,12 +544,12 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		a.record(now, want)
 		if want < cur {
 			hi := a.historyMax()
-			if now.Sub(a.start) < cfg.ScaleDownDelay {
+			if now.Sub(a.start) < a.downDelay {
 				hi = cur
 			}
 			if hi > want {
 				want = min(cur, hi)
-				note("holding for scale-down-delay %v", cfg.ScaleDownDelay)
+				note("holding for scale-down-delay %v", a.downDelay)
 			}
 		}
 		upCap := int32(math.Ceil(cfg.MaxScaleUpRate * float64(max(1, cur))))
@@ -583,7 +611,7 @@ func (a *Autoscaler) record(now time.Time, d int32) {
 		h = h[:len(h)-1]
 	}
 	a.history = append(a.history[:a.historyOff+len(h)], rec{now, d})
-	for a.historyOff < len(a.history) && now.Sub(a.history[a.historyOff].t) > a.cfg.ScaleDownDelay {
+	for a.historyOff < len(a.history) && now.Sub(a.history[a.historyOff].t) > a.downDelay {
 		a.historyOff++
 	}
 	if a.historyOff > 64 && a.historyOff*2 > len(a.history) {

@@ -1,6 +1,8 @@
 package scaling
 
 import (
+	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -99,13 +101,28 @@ func TestStableWindow(t *testing.T) {
 	}
 }
 
+// stepLoad is a workload of 2 replicas at target 4 serving 1.5 req/s of
+// 4 s requests (6 in flight, 75 % of capacity) until the step at second
+// `at`, then `rate` req/s; in-flight follows the arrivals with its real lag
+// (it grows by arrivals − completions each second).
+func stepLoad(at int, rate float64) func(int) load {
+	inFlight := 6.0
+	return func(i int) load {
+		arr := 1.5
+		if i >= at {
+			arr = rate
+		}
+		comp := math.Min(inFlight, 1.5) // the two replicas' throughput at 6 in flight
+		before := inFlight
+		inFlight += arr - comp
+		return load{conc: (before + inFlight) / 2, inFlight: inFlight, arr: arr, comp: comp,
+			ready: 2, requested: 2, meanDur: 4 * time.Second}
+	}
+}
+
 func TestTrend(t *testing.T) {
 	base := Features{}.Without(Burst).Without(Stabilization).Without(ColdStartAware)
-	ramp := func(i int) load { // +0.5 in flight per second, smooth
-		c := 20 + 0.5*float64(i)
-		return load{conc: c, ready: 5, requested: 5, meanDur: time.Second}
-	}
-	drain := func(i int) load { // a backlog draining: 60 → 31 in flight
+	drain := func(i int) load { // a backlog draining: 60 → 31 in flight, nothing arriving
 		c := 60 - 0.5*float64(i)
 		return load{conc: c, ready: 10, requested: 10, meanDur: time.Second}
 	}
@@ -114,27 +131,71 @@ func TestTrend(t *testing.T) {
 		f        Features
 		fn       func(int) load
 		replicas int32
+		ticks    int
 		check    func(d Decision) bool
 		want     string
 	}{
-		{"rising demand is projected over the cold-start lead", base, ramp, 5,
-			func(d Decision) bool { return d.PredictedDemand > 100 && d.Desired >= 26 }, "predicted > 100, ≥ 26 replicas"},
-		{"without the trend only the lagging average counts", base.Without(Trend), ramp, 5,
-			func(d Decision) bool { return d.Desired == 9 }, "9 replicas"}, // mean 34.75
-		{"a falling queue suppresses a scale-up", base, drain, 10,
+		// 12 arrivals in one second against 1.5/s: the count proves λ ≥
+		// (√12 − 1.5)² ≈ 3.9/s, × 4 s = 15.4 in flight → 4 replicas.
+		{"a step scales up on its first tick", base, stepLoad(0, 12), 2, 1,
+			func(d Decision) bool { return d.Desired >= 4 && strings.Contains(d.Reason, "arrivals") }, "≥ 4 replicas on arrivals"},
+		{"and sizes for λ·W once the window proves it", base, stepLoad(0, 12), 2, 6,
+			func(d Decision) bool { return d.Desired >= 8 && d.PredictedDemand <= 48 }, "≥ 8 replicas, predicted ≤ 48 (λ·W)"},
+		{"without the trend the first tick holds", base.Without(Trend), stepLoad(0, 12), 2, 1,
+			func(d Decision) bool { return d.Desired == 2 }, "2 replicas"},
+		{"a step within the noise does not scale up", base, stepLoad(0, 2), 2, 6,
+			func(d Decision) bool { return d.Desired == 2 }, "2 replicas"},
+		{"a falling queue suppresses a scale-up", base, drain, 10, 60,
 			func(d Decision) bool { return d.Desired == 10 && strings.Contains(d.Reason, "falling") }, "hold at 10"},
-		{"without the trend the backlog scales up", base.Without(Trend), drain, 10,
+		{"without the trend the backlog scales up", base.Without(Trend), drain, 10, 60,
 			func(d Decision) bool { return d.Desired == 12 }, "12 replicas"}, // mean 45.25
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a, now := warm(cfg4(), c.f, 20, c.replicas)
-			d, _ := drive(a, now, 60, c.fn)
+			if c.replicas == 2 {
+				a, now = NewAutoscaler(cfg4(), c.f, t0), t0
+				_, now = drive(a, now, 600, stepLoad(600, 1.5))
+			}
+			d, _ := drive(a, now, c.ticks, c.fn)
 			if !c.check(d) {
 				t.Fatalf("got desired %d predicted %.1f trend %.2f (%s); want %s",
 					d.Desired, d.PredictedDemand, d.Trend, d.Reason, c.want)
 			}
 		})
+	}
+}
+
+// TestTrendIgnoresPoissonNoise: an hour of Poisson arrivals at 75 % of
+// capacity must not buy a replica on the arrivals alone.
+func TestTrendIgnoresPoissonNoise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	poisson := func(mean float64) float64 { // Knuth, fine for small means
+		l, k, p := math.Exp(-mean), 0.0, 1.0
+		for {
+			p *= rng.Float64()
+			if p <= l {
+				return k
+			}
+			k++
+		}
+	}
+	for _, f := range []Features{Features{}.Without(Burst), {}} {
+		ups := 0
+		a2 := NewAutoscaler(cfg4(), f, t0)
+		now := t0
+		for i := 0; i < 3600; i++ {
+			now = now.Add(time.Second)
+			arr := poisson(1.5)
+			a2.Observe(Observation{Time: now, Concurrency: 6, InFlight: 6, Arrivals: arr, Completions: arr,
+				MeanDuration: 4 * time.Second, Ready: 2, Requested: 2})
+			if d := a2.Decide(now); d.Direction == Up {
+				ups++
+			}
+		}
+		if ups > 1 {
+			t.Errorf("features %+v: %d scale-ups in an hour of noise at 75 %% of capacity, want ≤ 1", f, ups)
+		}
 	}
 }
 
@@ -283,6 +344,51 @@ func TestStabilization(t *testing.T) {
 				t.Fatalf("got %d (%s), want %d with %q", d.Desired, d.Reason, c.want, c.reason)
 			}
 		})
+	}
+}
+
+func TestScaleDownDelayFollowsColdStart(t *testing.T) {
+	base := Features{}.Without(Trend).Without(Burst)
+	cases := []struct {
+		name  string
+		delay time.Duration // of the Config; ScaleDownDelayColdStart: follow the lead
+		cold  time.Duration // learned cold start in the observations
+		after int
+		want  int32
+	}{
+		{"default: held for one learned cold start", ScaleDownDelayColdStart, 60 * time.Second, 50, 10},
+		{"default: released after it", ScaleDownDelayColdStart, 60 * time.Second, 125, 5},
+		{"default: a slow start holds longer", ScaleDownDelayColdStart, 300 * time.Second, 200, 10},
+		{"default without a learned start: DefaultColdStartLead", ScaleDownDelayColdStart, 0, 110, 10},
+		{"an explicit delay is the user's", 5 * time.Minute, 60 * time.Second, 200, 10},
+		{"an explicit delay of 0 is at once", 0, 60 * time.Second, 61, 5},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := cfg4()
+			cfg.ScaleDownDelay = c.delay
+			a := NewAutoscaler(cfg, base, t0)
+			at := func(conc float64) func(int) load {
+				return func(int) load { return load{conc: conc, ready: 10, requested: 10, coldStart: c.cold} }
+			}
+			_, now := drive(a, t0, 600, at(40))
+			d, _ := drive(a, now, c.after, at(8))
+			if d.Desired != c.want {
+				t.Fatalf("got %d (%s), want %d", d.Desired, d.Reason, c.want)
+			}
+		})
+	}
+}
+
+func TestPartialArrivalsStillProveAStep(t *testing.T) {
+	// The collector marks the tick partial (one extproc did not answer):
+	// the arrivals are a lower bound, which still proves the step.
+	a := NewAutoscaler(cfg4(), Features{}.Without(Burst).Without(ColdStartAware), t0)
+	_, now := drive(a, t0, 600, stepLoad(600, 1.5))
+	step := stepLoad(0, 12)
+	d, _ := drive(a, now, 1, func(i int) load { l := step(i); l.partial = true; return l })
+	if d.Direction != Up {
+		t.Fatalf("got %+v, want a scale-up on a partial tick", d)
 	}
 }
 
