@@ -54,7 +54,7 @@ func DefaultOptions() Options {
 // Flags registers the options on fs.
 func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Trace, "trace", o.Trace, "CSV trace to replay (TIMESTAMP,ContextTokens,GeneratedTokens); empty: synthetic traces only")
-	fs.StringVar(&o.Out, "out", o.Out, "directory for results.md, timeline.png and frontier.png")
+	fs.StringVar(&o.Out, "out", o.Out, "directory for results.md, runs.csv, timeline.png and frontier.png")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the synthetic traces")
 	fs.BoolVar(&o.Synthetic, "synthetic", o.Synthetic, "also run the synthetic traces (step, ramp, flash-crowd, on-off, diurnal)")
 	fs.BoolVar(&o.Ablation, "ablation", o.Ablation, "also run inflight with each ingredient switched off")
@@ -230,6 +230,9 @@ func run(args []string, stderr io.Writer) error {
 		return f.Close()
 	}
 	if err := write("results.md", func(w io.Writer) error { return out.WriteMarkdown(w, strings.TrimSpace(command)) }); err != nil {
+		return err
+	}
+	if err := write("runs.csv", out.WriteCSV); err != nil {
 		return err
 	}
 	if err := write("timeline.png", out.WriteTimelines); err != nil {

@@ -159,8 +159,8 @@ func (o Outcome) pick(held bool) []int {
 // targetsTable compares inflight with the best baseline and the
 // clairvoyant at both wait bounds on the traces tis.
 func (o Outcome) targetsTable(b *strings.Builder, tis []int) {
-	b.WriteString("| trace | kind | inflight ≤2 s | ≤10 s | best of HPA/Cortex/KPA ≤2 s | ≤10 s | saving | clairvoyant ≤10 s | inflight / clairvoyant |\n" +
-		"|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| trace | kind | inflight ≤2 s | ≤10 s | best of HPA/Cortex/KPA ≤2 s | ≤10 s | saving | clairvoyant ≤10 s | inflight / clairvoyant | inflight step → up |\n" +
+		"|---|---|---|---|---|---|---|---|---|---|\n")
 	cell := func(s Summary, ok bool) string {
 		if !ok {
 			return "—"
@@ -187,8 +187,31 @@ func (o Outcome) targetsTable(b *strings.Builder, tis []int) {
 			}
 			return fmt.Sprintf("%.2f (%s)", s.GPUHours, s.Policy)
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", tr.Name, tr.Kind, cell(in2, ok2), cell(in, okIn),
-			bname(bb2, okB2), bname(bb, okB), saving, cell(cv, okC), ratio)
+		def, _ := o.DefaultRun(ti, "inflight")
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", tr.Name, tr.Kind, cell(in2, ok2), cell(in, okIn),
+			bname(bb2, okB2), bname(bb, okB), saving, cell(cv, okC), ratio, fmtReaction(def.StepReaction))
 	}
 	b.WriteString("\n")
+}
+
+// WriteCSV writes every run, one line each: trace, policy, knob, whether
+// it is the default knob, GPU-hours, p50/p95/p99 wait, share > 2 s, scale
+// events, reversals and step → first scale-up (s, empty if none).
+func (o Outcome) WriteCSV(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("trace,held_out,policy,knob,default,gpu_hours,p50,p95,p99,over_2s,scale_events,reversals,step_to_up\n")
+	for ti, tr := range o.Traces {
+		for _, sp := range append(append([]Spec(nil), o.Specs...), o.Ablations...) {
+			for _, s := range o.Runs[ti][sp.Name] {
+				step := ""
+				if !math.IsNaN(s.StepReaction) {
+					step = fmt.Sprintf("%g", s.StepReaction)
+				}
+				fmt.Fprintf(&b, "%s,%t,%s,%g,%t,%.4f,%.3f,%.3f,%.3f,%.4f,%d,%d,%s\n", tr.Name, tr.HeldOut, sp.Name, s.Knob,
+					s.Default, s.GPUHours, s.P50, s.P95, s.P99, s.Over2s, s.ScaleEvents, s.Reversals, step)
+			}
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
