@@ -118,13 +118,20 @@ func Drained(t testing.TB, reps []*Replica, timeout time.Duration) Totals {
 // completed, or returns "".
 func Violations(reps []*Replica) string {
 	var b strings.Builder
+	bad := 0
 	for i, r := range reps {
 		for _, rec := range r.Tracker.Records() {
 			if rec.InFlight != 0 || rec.Started != rec.Completed {
+				if bad++; bad > 8 {
+					continue
+				}
 				fmt.Fprintf(&b, "replica %d target %s/%s/%s/%s%s: in_flight=%d started=%d completed=%d; ",
 					i, rec.Namespace, rec.Workload, rec.Service, rec.Pod, rec.Reason, rec.InFlight, rec.Started, rec.Completed)
 			}
 		}
+	}
+	if bad > 8 {
+		fmt.Fprintf(&b, "and %d more targets", bad-8)
 	}
 	return b.String()
 }
