@@ -35,7 +35,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 )
@@ -74,7 +73,7 @@ type Fleet struct {
 
 type pod struct {
 	name, ip string
-	uid      types.UID
+	inAPI    bool // created in the API
 	index    int
 	created  time.Time
 	readyAt  time.Time
@@ -160,7 +159,7 @@ func (f *Fleet) Route(now time.Time, svc time.Duration) (Assignment, error) {
 	var best *pod
 	bestLoad := 0
 	for _, p := range f.pods {
-		if p.draining || p.deleted || p.uid == "" {
+		if p.draining || p.deleted || !p.inAPI {
 			continue
 		}
 		ready := p.ready
@@ -344,7 +343,7 @@ func (f *Fleet) Reconcile(ctx context.Context) error {
 	}
 	var markReady []*pod
 	for _, p := range f.pods {
-		if !p.ready && !p.draining && !p.deleted && p.uid != "" && !p.readyAt.After(now) {
+		if !p.ready && !p.draining && !p.deleted && p.inAPI && !p.readyAt.After(now) {
 			markReady = append(markReady, p)
 		}
 	}
@@ -389,7 +388,7 @@ func (f *Fleet) newPodLocked(now time.Time) *pod {
 	for i := range p.slots {
 		p.slots[i] = p.readyAt
 	}
-	// Not routable until created in the API (uid set).
+	// Not routable until created in the API (inAPI).
 	f.pods = append(f.pods, p)
 	return p
 }
@@ -414,7 +413,7 @@ func (f *Fleet) createPod(ctx context.Context, dep *appsv1.Deployment, p *pod) e
 			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: int32(f.opt.Port)}},
 		}}},
 	}
-	got, err := f.cs.CoreV1().Pods(f.opt.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+	_, err := f.cs.CoreV1().Pods(f.opt.Namespace).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
 		// Forget it: the next pass creates another.
 		f.mu.Lock()
@@ -423,7 +422,7 @@ func (f *Fleet) createPod(ctx context.Context, dep *appsv1.Deployment, p *pod) e
 		return err
 	}
 	f.mu.Lock()
-	p.uid = got.UID
+	p.inAPI = true
 	f.mu.Unlock()
 	return nil
 }

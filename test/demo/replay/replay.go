@@ -171,19 +171,24 @@ func (r *Replayer) Run(ctx context.Context, tr sim.Trace) error {
 		}(req)
 	}
 	wg.Wait()
-	for _, c := range r.clients {
-		c.Wait()
-	}
+	r.Wait()
 	return ctx.Err()
 }
 
 func (r *Replayer) one(ctx context.Context, q sim.Request) {
+	_, _ = r.Send(ctx, q)
+}
+
+// Send sends one request now (its arrival time is ignored) and returns how
+// its HTTP exchange ended, once it has; its side stream may close later
+// (Run waits for that; callers of Send alone call Wait).
+func (r *Replayer) Send(ctx context.Context, q sim.Request) (envoy.Outcome, error) {
 	now := time.Now()
 	svc, prefill := r.fleet.ServiceTime(q)
 	a, err := r.fleet.Route(now, svc)
 	if err != nil {
 		r.noReplica.Add(1)
-		return
+		return 0, err
 	}
 	r.sent.Add(1)
 	defer r.done.Add(1)
@@ -214,4 +219,13 @@ func (r *Replayer) one(ctx context.Context, q sim.Request) {
 	r.mu.Lock()
 	r.outcomes[res.Outcome.String()]++
 	r.mu.Unlock()
+	return res.Outcome, nil
+}
+
+// Wait waits until every side stream of the requests sent so far is
+// closed; call it after the Send calls returned.
+func (r *Replayer) Wait() {
+	for _, c := range r.clients {
+		c.Wait()
+	}
 }

@@ -148,9 +148,39 @@ func (s *Stack) track(p *Proc) {
 	s.mu.Unlock()
 }
 
+// AdminHost is the address the extprocs' admin ports listen on, as the
+// controllers find it in the EndpointSlices. The API server refuses
+// loopback addresses in EndpointSlices ("may not be in the loopback range")
+// and the controller binary resolves an FQDN slice only through DNS, so the
+// admin ports (read-only snapshots and metrics) listen on the host's first
+// non-loopback IPv4 address; the ext_proc gRPC ports stay on 127.0.0.1.
+func AdminHost() (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
+				return n.IP.String(), nil
+			}
+		}
+	}
+	return "", errors.New("no non-loopback IPv4 address: the controllers find the extprocs through EndpointSlices, which refuse loopback addresses")
+}
+
 // FreePort returns a free loopback address.
-func FreePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func FreePort() (string, error) { return freePortOn("127.0.0.1") }
+
+func freePortOn(host string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return "", err
 	}
@@ -165,7 +195,11 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 	if err != nil {
 		return nil, err
 	}
-	admin, err := FreePort()
+	host, err := AdminHost()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freePortOn(host)
 	if err != nil {
 		return nil, err
 	}
