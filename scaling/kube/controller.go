@@ -88,7 +88,7 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		log = zap.NewNop()
 	}
 	c := &Controller{opt: opt, cs: cs, log: log, m: m}
-	c.coll = collect.New(collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m})
+	c.coll = collect.New(collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m, Client: opt.SnapshotClient})
 
 	c.factory = informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(opt.Namespace))
 	dInf := c.factory.Apps().V1().Deployments()

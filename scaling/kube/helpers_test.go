@@ -3,6 +3,8 @@ package kube
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -128,9 +130,12 @@ func (e *env) slice(r *collecttest.Replica) {
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "extproc-" + r.Name, Namespace: e.sysNS,
 			Labels: map[string]string{discoveryv1.LabelServiceName: e.service}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		// The apiserver refuses loopback IPs in EndpointSlices: an FQDN slice
+		// under the reserved .test TLD (never resolved) is accepted, and
+		// loopbackClient dials 127.0.0.1 for it.
+		AddressType: discoveryv1.AddressTypeFQDN,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("admin"), Port: ptr.To(int32(port))}},
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{u.Hostname()},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{r.Name + ".extproc.test"},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: e.sysNS, Name: r.Name}}},
 	}
@@ -201,7 +206,22 @@ func (e *env) fastOptions(identity string) Options {
 	o.FetchTimeout = 300 * time.Millisecond
 	o.Expire = 2 * time.Second
 	o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 2*time.Second, 1500*time.Millisecond, 200*time.Millisecond
+	o.SnapshotClient = loopbackClient()
 	return o
+}
+
+// loopbackClient dials 127.0.0.1 only, whatever host a URL names.
+func loopbackClient() *http.Client {
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return d.DialContext(ctx, "tcp4", net.JoinHostPort("127.0.0.1", port))
+		},
+	}}
 }
 
 // running is a started Controller.

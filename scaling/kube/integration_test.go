@@ -43,9 +43,9 @@ func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
 	a.SetInFlight(e.ns, "plain", "plain-1", 40, time.Second)
 
 	eventually(t, 30*time.Second, "scale-up of llama to 5", func() bool { return e.replicas("llama") >= 5 })
-	if ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 1 → ", "target 1"); ev == nil {
-		t.Errorf("no ScaledUp Event with the numbers; events: %+v", e.events("llama"))
-	}
+	eventually(t, 30*time.Second, "a ScaledUp Event with the numbers", func() bool {
+		return findEvent(e.events("llama"), ReasonScaledUp, "scaled 1 → ", "over target 1", "in-flight now 5.0") != nil
+	})
 	if got := r.metric(t, "inflight_controller_decisions_total", map[string]string{"direction": "up"}); got < 1 {
 		t.Errorf("decisions_total{direction=up} = %v, want ≥ 1", got)
 	}
@@ -65,9 +65,9 @@ func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
 	if d := firstDown.Sub(loadOff); d < 2*time.Second {
 		t.Errorf("first scale-down %v after the load stopped, before scale-down-delay 2s", d)
 	}
-	if ev := findEvent(e.events("llama"), ReasonScaledDown, " → 1"); ev == nil {
-		t.Errorf("no ScaledDown Event; events: %+v", e.events("llama"))
-	}
+	eventually(t, 30*time.Second, "a ScaledDown Event", func() bool {
+		return findEvent(e.events("llama"), ReasonScaledDown, " → 1") != nil
+	})
 
 	p, err := e.cs.AppsV1().Deployments(e.ns).Get(e.ctx(), "plain", metav1.GetOptions{})
 	if err != nil {
@@ -197,8 +197,13 @@ func TestLeaderElectionHandover(t *testing.T) {
 	if got := leader.metric(t, "inflight_controller_scale_writes_total", map[string]string{"result": "ok"}); got < 1 {
 		t.Errorf("leader wrote %v times", got)
 	}
-	if ev := findEvent(e.events("llama"), ReasonScaledUp); ev == nil || ev.Source.Host != leader.c.opt.Identity {
-		t.Errorf("ScaledUp event %+v, want one from %s", ev, leader.c.opt.Identity)
+	eventually(t, 30*time.Second, "the leader's ScaledUp Event", func() bool {
+		return findEvent(e.events("llama"), ReasonScaledUp) != nil
+	})
+	for _, ev := range e.events("llama") {
+		if ev.Source.Host != leader.c.opt.Identity {
+			t.Errorf("Event from %s, want only the leader %s: %s", ev.Source.Host, leader.c.opt.Identity, ev.Message)
+		}
 	}
 	if s := follower.c.Status(); s.Leader || len(s.Workloads) != 0 {
 		t.Errorf("follower status = %+v", s)
@@ -210,9 +215,10 @@ func TestLeaderElectionHandover(t *testing.T) {
 	t.Logf("takeover after %v", time.Since(stopped))
 	a.SetInFlight(e.ns, "llama", "p", 6, time.Second)
 	eventually(t, 30*time.Second, "new leader scales to 6", func() bool { return e.replicas("llama") == 6 })
-	if ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 3 → 6"); ev == nil || ev.Source.Host != follower.c.opt.Identity {
-		t.Errorf("ScaledUp 3 → 6 event %+v, want one from %s", ev, follower.c.opt.Identity)
-	}
+	eventually(t, 30*time.Second, "the new leader's ScaledUp 3 → 6 Event", func() bool {
+		ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 3 → 6")
+		return ev != nil && ev.Source.Host == follower.c.opt.Identity
+	})
 }
 
 // A concurrent update of the Deployment between our GET and UPDATE of

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/inflight-dev/inflight/scaling/collect"
 )
 
 // Options configure a Controller. Zero fields take the defaults of
@@ -39,6 +41,10 @@ type Options struct {
 
 	// Clock drives the tick loop (default: the real clock).
 	Clock clock.WithTicker
+
+	// SnapshotClient does the snapshot requests (default: a dedicated
+	// http.Client).
+	SnapshotClient collect.Doer
 }
 
 // DefaultOptions returns the shipped defaults.

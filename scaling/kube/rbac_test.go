@@ -234,6 +234,12 @@ func TestRunsUnderShippedRBAC(t *testing.T) {
 	}
 	var unused, ungranted []string
 	for g := range granted {
+		// client-go streams an informer's initial list over its watch
+		// (WatchListClient) and falls back to LIST when a server refuses;
+		// list is granted for that fallback and counts as used with watch.
+		if g.verb == "list" && au.seen[access{"watch", g.group, g.resource}] > 0 {
+			continue
+		}
 		if au.seen[g] == 0 {
 			unused = append(unused, g.String())
 		}
