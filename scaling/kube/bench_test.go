@@ -37,12 +37,12 @@ func BenchmarkTick(b *testing.B) {
 		lbl := map[string]string{"app": name}
 		objs = append(objs, &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{TargetAnnotation: "4"}},
-			Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(2)), Selector: &metav1.LabelSelector{MatchLabels: lbl}},
+			Spec:       appsv1.DeploymentSpec{Replicas: ptr.To(int32(2)), Selector: &metav1.LabelSelector{MatchLabels: lbl}},
 		})
 		for p := range 2 {
 			objs = append(objs, &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", name, p), Namespace: ns, Labels: lbl, UID: types.UID("u-" + name + strconv.Itoa(p))},
-				Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+				Status:     corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 			})
 			targets = append(targets, extproc.TargetRecord{Namespace: ns, Workload: name, Service: name,
 				Pod: fmt.Sprintf("%s-%d", name, p), InFlight: 1, Started: 1000, Completed: 997, BusySeconds: 5000, DurationSecondsSum: 4900})
