@@ -74,7 +74,6 @@ func (d *demo) annotations() map[string]string {
 		p + scaling.AnnMaxReplicas:    fmt.Sprint(d.opt.MaxReplica),
 		p + scaling.AnnWindow:         comp(scaling.DefaultWindow, 6*time.Second),
 		p + scaling.AnnPanicWindow:    comp(scaling.DefaultPanicWindow, time.Second),
-		p + scaling.AnnScaleDownDelay: comp(scaling.DefaultScaleDownDelay, 0),
 		p + scaling.AnnColdStart:      comp(time.Duration(d.model.ColdStart*float64(time.Second)), 0),
 	}
 }
@@ -206,10 +205,11 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	d.logf("load done: %d requests ended; waiting for the scale-down ...", rp.Stats().Done)
 
-	sdd := time.Duration(float64(scaling.DefaultScaleDownDelay) / d.opt.Speed)
+	// scale-down-delay is the default: one cold start.
+	sdd := d.fl.Compress(d.model.ColdStart)
 	tail := d.opt.Tail
 	if tail == 0 {
-		tail = 3*sdd + 20*time.Second
+		tail = 4*sdd + 30*time.Second
 	}
 	tailErr := d.waitFor(ctx, tail, "the scale-down to 1 replica", func(s fleet.Sample) bool {
 		return s.Desired == 1 && s.Live == 1 && s.Draining == 0
@@ -424,13 +424,14 @@ func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
 	w := d.out
 	fmt.Fprintf(w, "\n=== summary: %s, %d requests, %.0f trace minutes in %v (%g×) ===\n", d.trace.Name, stats.Sent,
 		d.trace.Duration/60, wall.Round(time.Second), d.opt.Speed)
-	row := func(k, v string) { fmt.Fprintf(w, "  %-34s %s\n", k, v) }
+	row := func(k, v string) { fmt.Fprintf(w, "  %-40s %s\n", k, v) }
 	row("GPU-hours (replica-time, uncompressed)", fmt.Sprintf("%.2f", fs.GPUHours))
 	row("peak desired replicas", fmt.Sprint(d.peakReplicas()))
 	row("wait p50 / p99 / max", fmt.Sprintf("%s / %s / %s", fmtWait(quantile(waits, 0.5)), fmtWait(quantile(waits, 0.99)), fmtWait(quantile(waits, 1))))
 	row("requests served / outcomes", fmt.Sprintf("%d / %s", stats.Done, formatOutcomes(stats.Outcomes)))
 	row("scale events (spec.replicas changes)", fmt.Sprintf("%d (Events: %d ScaledUp, %d ScaledDown)", fs.Changes, ups, downs))
 	row("replicas at the end", fmt.Sprintf("desired %d, ready %d", fs.Desired, fs.Ready))
+	row("wall time (set-up, load, scale-down)", time.Since(d.started).Round(time.Second).String())
 	for _, l := range leaks {
 		row("leaked counts "+l.replica, fmt.Sprintf("in_flight %d, started−completed %d over %d targets (started %d)", l.inFlight, l.unmatched, l.targets, l.started))
 	}
@@ -441,7 +442,14 @@ func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
 	row("leaked counts (total)", fmt.Sprint(totalLeak))
 
 	fmt.Fprintf(w, "\n=== Events on Deployment %s/%s ===\n", modelNamespace, modelName)
-	for _, e := range events {
+	const head, tail = 12, 12
+	for i, e := range events {
+		if len(events) > head+tail && i >= head && i < len(events)-tail {
+			if i == head {
+				fmt.Fprintf(w, "  ... %d more ...\n", len(events)-head-tail)
+			}
+			continue
+		}
 		ts := e.LastTimestamp.Time
 		if ts.IsZero() {
 			ts = e.EventTime.Time
@@ -545,7 +553,7 @@ func (d *demo) events(ctx context.Context) ([]corev1.Event, error) {
 	}
 	ev := list.Items
 	sort.SliceStable(ev, func(i, j int) bool {
-		a, b := ev[i].FirstTimestamp.Time, ev[j].FirstTimestamp.Time
+		a, b := ev[i].LastTimestamp.Time, ev[j].LastTimestamp.Time
 		if !a.Equal(b) {
 			return a.Before(b)
 		}

@@ -69,7 +69,7 @@ func defaultOptions(root string) Options {
 		Trace:      filepath.Join(root, "..", "shared", "traces", "azure-llm-2023-conv.csv"),
 		Speed:      20,
 		Minutes:    60,
-		Initial:    4,
+		Initial:    8,
 		Target:     5,
 		MaxReplica: 16,
 		Envoy:      "mixed",
@@ -90,7 +90,7 @@ func (o *Options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.PNG, "png", o.PNG, "where to write the timeline PNG")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "folder for the processes' logs, the kubeconfig and Prometheus data")
 	fs.BoolVar(&o.NoBuild, "no-build", o.NoBuild, "use the binaries already in .cache/demo/bin and the cached control plane")
-	fs.DurationVar(&o.Tail, "tail", o.Tail, "after the load, how long to wait for the scale-down (0: 3 × scale-down-delay + 20 s)")
+	fs.DurationVar(&o.Tail, "tail", o.Tail, "after the load, how long to wait for the scale-down to 1 replica (0: 4 × scale-down-delay + 30 s)")
 }
 
 func (o Options) validate() error {
