@@ -69,12 +69,12 @@ func (d *demo) annotations() map[string]string {
 	}
 	p := scaling.AnnotationPrefix
 	return map[string]string{
-		p + scaling.AnnTarget:         fmt.Sprint(d.opt.Target),
-		p + scaling.AnnMinReplicas:    "1",
-		p + scaling.AnnMaxReplicas:    fmt.Sprint(d.opt.MaxReplica),
-		p + scaling.AnnWindow:         comp(scaling.DefaultWindow, 6*time.Second),
-		p + scaling.AnnPanicWindow:    comp(scaling.DefaultPanicWindow, time.Second),
-		p + scaling.AnnColdStart:      comp(time.Duration(d.model.ColdStart*float64(time.Second)), 0),
+		p + scaling.AnnTarget:      fmt.Sprint(d.opt.Target),
+		p + scaling.AnnMinReplicas: "1",
+		p + scaling.AnnMaxReplicas: fmt.Sprint(d.opt.MaxReplica),
+		p + scaling.AnnWindow:      comp(scaling.DefaultWindow, 6*time.Second),
+		p + scaling.AnnPanicWindow: comp(scaling.DefaultPanicWindow, time.Second),
+		p + scaling.AnnColdStart:   comp(time.Duration(d.model.ColdStart*float64(time.Second)), 0),
 	}
 }
 
