@@ -154,8 +154,8 @@ func TestEndToEnd(t *testing.T) {
 	// Remove the load: no scale-down before scale-down-delay, then down to 1.
 	waitFleet(ctx, t, fl, 30*time.Second, "the fleet to serve the second step", func(s fleet.Sample) bool { return s.Ready >= 6 })
 	peak := fl.Snapshot(time.Now()).Desired
+	removed := time.Now() // demand starts falling only after this: no request starts later
 	load.stop()
-	removed := time.Now()
 	down := waitFleet(ctx, t, fl, sdDelay+window+60*time.Second, "a scale-down", func(s fleet.Sample) bool { return s.Desired < peak })
 	if early := down.Time.Sub(removed); early < sdDelay {
 		t.Errorf("scaled down %v after the load was removed, before scale-down-delay %v", early, sdDelay)
