@@ -21,7 +21,6 @@ package collect
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,8 +29,12 @@ import (
 	"sync"
 	"time"
 
+	jsoniter "github.com/json-iterator/go"
+
 	"github.com/inflight-dev/inflight/extproc"
 )
+
+var jsonAPI = jsoniter.ConfigCompatibleWithStandardLibrary
 
 // Endpoint is one ready extproc replica.
 type Endpoint struct {
@@ -234,7 +237,9 @@ func (c *Collector) get(ctx context.Context, url string) (*extproc.Snapshot, str
 		return nil, "http-status", fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	var s extproc.Snapshot
-	dec := json.NewDecoder(io.LimitReader(resp.Body, c.opt.MaxBytes))
+	// jsoniter (already in the build through client-go) decodes this
+	// schema about twice as fast as encoding/json; it is the tick's main cost.
+	dec := jsonAPI.NewDecoder(io.LimitReader(resp.Body, c.opt.MaxBytes))
 	if err := dec.Decode(&s); err != nil {
 		return nil, errKind(ctx, err, "decode"), err
 	}

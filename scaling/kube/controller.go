@@ -61,6 +61,7 @@ type Controller struct {
 	factory, epFactory informers.SharedInformerFactory
 	deploys            appslisters.DeploymentLister
 	pods               corelisters.PodLister
+	podIndex           cache.Indexer
 	slices             discoverylisters.EndpointSliceLister
 	synced             []cache.InformerSynced
 
@@ -96,6 +97,10 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 	if err := pInf.Informer().SetTransform(slimPod); err != nil {
 		return nil, err
 	}
+	if err := pInf.Informer().AddIndexers(cache.Indexers{podLabelIndex: podLabelKeys}); err != nil {
+		return nil, err
+	}
+	c.podIndex = pInf.Informer().GetIndexer()
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
@@ -109,6 +114,49 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: FieldManager, Host: opt.Identity})
 	c.status = Status{Identity: opt.Identity}
 	return c, nil
+}
+
+// podLabelIndex indexes pods by "namespace/key=value" of each label, so a
+// Deployment's pods are found from one of its matchLabels pairs instead of a
+// scan of the namespace.
+const podLabelIndex = "inflight-label"
+
+func podLabelKeys(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(p.Labels))
+	for k, v := range p.Labels {
+		keys = append(keys, p.Namespace+"/"+k+"="+v)
+	}
+	return keys, nil
+}
+
+// selectPods returns the pods of ns matching sel, through the label index
+// when the selector has matchLabels.
+func (c *Controller) selectPods(ns string, ls *metav1.LabelSelector, sel labels.Selector) []*corev1.Pod {
+	if len(ls.MatchLabels) == 0 {
+		pods, _ := c.pods.Pods(ns).List(sel)
+		return pods
+	}
+	keys := make([]string, 0, len(ls.MatchLabels))
+	for k, v := range ls.MatchLabels {
+		keys = append(keys, k+"="+v)
+	}
+	sort.Strings(keys)
+	objs, err := c.podIndex.ByIndex(podLabelIndex, ns+"/"+keys[0])
+	if err != nil {
+		pods, _ := c.pods.Pods(ns).List(sel)
+		return pods
+	}
+	out := make([]*corev1.Pod, 0, len(objs))
+	for _, o := range objs {
+		if p, ok := o.(*corev1.Pod); ok && sel.Matches(labels.Set(p.Labels)) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // slimPod keeps only what the controller reads of a pod.
@@ -452,10 +500,7 @@ func (c *Controller) countPods(dep *appsv1.Deployment, st *wstate) (ready, start
 	if err != nil || sel.Empty() {
 		return 0, 0
 	}
-	pods, err := c.pods.Pods(dep.Namespace).List(sel)
-	if err != nil {
-		return 0, 0
-	}
+	pods := c.selectPods(dep.Namespace, dep.Spec.Selector, sel)
 	live := make(map[string]bool, len(pods))
 	for _, p := range pods {
 		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
