@@ -556,4 +556,20 @@ func TestPromtoolCheckRules(t *testing.T) {
 	if out, err := check("broken.rules.yaml", broken); err == nil {
 		t.Fatalf("promtool accepted a broken expression:\n%s", out)
 	}
+
+	// The alerts' unit tests (monitoring/alerts_test.yaml): each alert fires
+	// when it should and not before.
+	unit, err := os.ReadFile(filepath.Join("monitoring", "alerts_test.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "alerts_test.yaml")
+	if err := os.WriteFile(p, unit, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, promtool, "test", "rules", p).CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules monitoring/alerts_test.yaml: %v\n%s", err, out)
+	}
 }

@@ -503,6 +503,15 @@ scrape_configs:
 		t.Logf("controller queries unchecked: the test control plane is not available (%s unset)", controlplane.RequireEnv)
 	}
 
+	// The check can fail: a misspelt metric has no data, a broken
+	// expression is an error.
+	if n, err := api.eval(query{expr: "sum(inflight_request_in_flight)"}); err != nil || n != 0 {
+		t.Errorf("a misspelt metric returned %d series (err %v), want none", n, err)
+	}
+	if _, err := api.eval(query{expr: "sum(rate(inflight_requests_started_total[$__rate_interval]))"}); err == nil {
+		t.Error("an unsubstituted Grafana variable evaluated without error")
+	}
+
 	// Every alert rule has been evaluated without error.
 	if err := rulesHealthy(api, deadline.Add(30*time.Second)); err != nil {
 		t.Error(err)
