@@ -2,12 +2,15 @@ package kube
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 )
 
 // Short but valid annotation values (window ≥ 6s is the policy's floor).
@@ -262,4 +265,51 @@ func TestConflictingUpdateIsRetried(t *testing.T) {
 	if got := r.metric(t, "inflight_controller_scale_writes_total", map[string]string{"result": "error"}); got != 0 {
 		t.Errorf("failed writes = %v, want 0", got)
 	}
+}
+
+// partition fails every API request of one controller while it is closed.
+type partition struct {
+	rt     http.RoundTripper
+	closed atomic.Bool
+}
+
+func (p *partition) RoundTrip(r *http.Request) (*http.Response, error) {
+	if p.closed.Load() {
+		return nil, errors.New("partitioned from the apiserver")
+	}
+	return p.rt.RoundTrip(r)
+}
+
+// A leader that dies without releasing the Lease (here: cut off from the
+// apiserver) is replaced within the lease duration, and the new leader
+// makes the next decision.
+func TestLeaderLostTakeoverWithinLeaseDuration(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	a := e.replica("a")
+	p := &partition{}
+	cut := rest.CopyConfig(e.cfg)
+	cut.Wrap(func(rt http.RoundTripper) http.RoundTripper { p.rt = rt; return p })
+	r1 := e.start(cut, e.fastOptions("c1"), nil)
+	eventually(t, 30*time.Second, "c1 leads", r1.c.Leading)
+	r2 := e.start(e.cfg, e.fastOptions("c2"), nil)
+	a.SetInFlight(e.ns, "llama", "p", 2, time.Second)
+	eventually(t, 30*time.Second, "scale-up to 2 by c1", func() bool { return e.replicas("llama") == 2 })
+	if r2.c.Leading() {
+		t.Fatal("c2 leads while c1 holds the Lease")
+	}
+
+	p.closed.Store(true)
+	cutAt := time.Now()
+	lease := r1.c.opt.LeaseDuration
+	eventually(t, lease+r1.c.opt.RetryPeriod+3*time.Second, "c2 takes over", r2.c.Leading)
+	t.Logf("takeover %v after the leader was cut off (lease %v)", time.Since(cutAt), lease)
+	eventually(t, 30*time.Second, "c1 notices it lost the Lease", func() bool { return !r1.c.Leading() })
+
+	a.SetInFlight(e.ns, "llama", "p", 5, time.Second)
+	eventually(t, 30*time.Second, "c2 scales to 5", func() bool { return e.replicas("llama") == 5 })
+	eventually(t, 30*time.Second, "c2's ScaledUp Event", func() bool {
+		ev := findEvent(e.events("llama"), ReasonScaledUp, "scaled 2 → 5")
+		return ev != nil && ev.Source.Host == "c2"
+	})
 }
