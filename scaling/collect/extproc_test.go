@@ -1,0 +1,53 @@
+package collect_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/mesh"
+	"github.com/inflight-dev/inflight/scaling/collect"
+)
+
+// The collector reads the real extproc admin handler (tracker and /v1/snapshot
+// over a loopback socket), not only the fake: the contract is exercised end
+// to end, with one clock driving both sides so the numbers are exact.
+func TestReadsTheRealExtprocSnapshot(t *testing.T) {
+	clk := newClock()
+	tr := extproc.NewTracker(extproc.TrackerOptions{Now: clk.Now})
+	adm := &extproc.Admin{Tracker: tr, Replica: "extproc-0", BootID: extproc.NewBootID(), Wall: clk.Now}
+	srv := httptest.NewServer(adm.Handler())
+	defer srv.Close()
+	ep := []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
+	c := collect.New(collect.Options{Now: clk.Now})
+	ctx := context.Background()
+
+	tg := mesh.Target{Namespace: "ml", Workload: "llama", Service: "llama", Pod: "llama-0"}
+	var reqs []extproc.Request
+	for range 4 {
+		reqs = append(reqs, tr.Start(tg, mesh.ReasonNone))
+	}
+	unknown := tr.Start(mesh.Target{}, mesh.ReasonNoAttributes)
+	defer tr.End(&unknown)
+	if r := c.Tick(ctx, ep); r.Partial || r.Answered != 1 {
+		t.Fatalf("first tick: %+v", r)
+	}
+	clk.Add(time.Second)
+	for i := range 2 {
+		tr.End(&reqs[i]) // two end after 1s
+	}
+	clk.Add(time.Second)
+	r := c.Tick(ctx, ep)
+	if r.Partial || len(r.Workloads) != 1 {
+		t.Fatalf("second tick: %+v", r)
+	}
+	s := r.Workloads[w]
+	near(t, "concurrency", s.Concurrency, 3) // 4 for 1s, 2 for 1s
+	near(t, "in-flight", s.InFlight, 2)
+	near(t, "completions", s.Completions, 2)
+	if s.MeanDuration != time.Second {
+		t.Errorf("mean duration = %v, want 1s", s.MeanDuration)
+	}
+}
