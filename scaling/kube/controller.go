@@ -632,30 +632,34 @@ func trimArrow(reason string) string {
 	return reason
 }
 
+// reasonLabels map the policy's reason text to bounded metric labels, in
+// order of precedence (a panic decision is "panic" unless a data problem
+// held it).
+var reasonLabels = []struct{ substr, label string }{
+	{"no observation", "no-data"},
+	{"data stale", "stale-data"},
+	{"partial data", "partial-data"},
+	{"less than one window", "warming-up"},
+	{"", "panic"}, // empty: decided by Decision.Panicking
+	{"starting: capped", "cold-start"},
+	{"scale-down-delay", "scale-down-delay"},
+	{"max-scale-", "rate-cap"},
+	{"falling", "falling"},
+	{"rising", "rising"},
+}
+
 // reasonLabel maps a decision to a bounded reason label for metrics.
 func reasonLabel(d scaling.Decision) string {
-	r := d.Reason
-	switch {
-	case strings.Contains(r, "no observation"):
-		return "no-data"
-	case strings.Contains(r, "data stale"):
-		return "stale-data"
-	case strings.Contains(r, "partial data"):
-		return "partial-data"
-	case strings.Contains(r, "less than one window"):
-		return "warming-up"
-	case d.Panicking:
-		return "panic"
-	case strings.Contains(r, "starting: capped"):
-		return "cold-start"
-	case strings.Contains(r, "scale-down-delay"):
-		return "scale-down-delay"
-	case strings.Contains(r, "max-scale-"):
-		return "rate-cap"
-	case strings.Contains(r, "falling"):
-		return "falling"
-	case strings.Contains(r, "rising"):
-		return "rising"
+	for _, l := range reasonLabels {
+		if l.substr == "" {
+			if d.Panicking {
+				return l.label
+			}
+			continue
+		}
+		if strings.Contains(d.Reason, l.substr) {
+			return l.label
+		}
 	}
 	return "demand"
 }
