@@ -242,7 +242,7 @@ func (d *demo) shutdown() error {
 
 func (d *demo) waitLeader(ctx context.Context) (*stack.Controller, error) {
 	var leader *stack.Controller
-	err := poll(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
+	err := stack.Poll(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
 		leader = d.st.Leader(ctx)
 		return leader != nil
 	})
@@ -253,29 +253,11 @@ func (d *demo) waitLeader(ctx context.Context) (*stack.Controller, error) {
 }
 
 func (d *demo) waitFor(ctx context.Context, timeout time.Duration, what string, cond func(fleet.Sample) bool) error {
-	err := poll(ctx, timeout, 100*time.Millisecond, func() bool { return cond(d.fl.Snapshot(time.Now())) })
+	err := stack.Poll(ctx, timeout, 100*time.Millisecond, func() bool { return cond(d.fl.Snapshot(time.Now())) })
 	if err != nil {
 		return fmt.Errorf("waiting %v for %s: %w", timeout, what, err)
 	}
 	return nil
-}
-
-// poll calls cond every period until it holds, ctx ends or timeout passes.
-func poll(ctx context.Context, timeout, period time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 }
 
 func (d *demo) createModel(ctx context.Context) error {
@@ -318,24 +300,6 @@ func formatAnnotations(ann map[string]string) string {
 	return strings.Join(kv, " ")
 }
 
-// meshInFlight sums the model's in-flight over every extproc's snapshot.
-func (d *demo) meshInFlight(ctx context.Context) (float64, bool) {
-	sum, ok := 0.0, true
-	for _, e := range d.st.Extprocs {
-		s, err := stack.Snapshot(ctx, e.Admin)
-		if err != nil {
-			ok = false
-			continue
-		}
-		for _, t := range s.Targets {
-			if t.Namespace == modelNamespace && t.Workload == modelName {
-				sum += float64(t.InFlight)
-			}
-		}
-	}
-	return sum, ok
-}
-
 type statusLoop struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -360,10 +324,10 @@ func (d *demo) startStatus(ctx context.Context, start time.Time) statusLoop {
 			case <-t.C:
 			}
 			now := time.Now()
-			inf, _ := d.meshInFlight(ctx)
+			inf, _ := stack.InFlight(ctx, d.st.Extprocs, modelNamespace, modelName)
 			fs := d.fl.Snapshot(now)
 			d.mu.Lock()
-			d.samples = append(d.samples, sample{T: now.Sub(start), MeshInFlight: inf,
+			d.samples = append(d.samples, sample{T: now.Sub(start), MeshInFlight: float64(inf),
 				Desired: int(fs.Desired), Ready: fs.Ready, Starting: fs.Starting})
 			d.mu.Unlock()
 			n++
@@ -375,7 +339,7 @@ func (d *demo) startStatus(ctx context.Context, start time.Time) statusLoop {
 			lastSent, lastT = sent, now
 			el := now.Sub(start)
 			fmt.Fprintf(d.out, "%s (trace %s)  %6.1f req/s  in-flight %3.0f  replicas desired %2d ready %2d starting %2d  p99 wait %s\n",
-				clock(el), clock(time.Duration(float64(el)*d.opt.Speed)), rate, inf, fs.Desired, fs.Ready, fs.Starting, fmtWait(fs.P99))
+				clock(el), clock(time.Duration(float64(el)*d.opt.Speed)), rate, float64(inf), fs.Desired, fs.Ready, fs.Starting, fmtWait(fs.P99))
 		}
 	}()
 	return statusLoop{cancel: cancel, done: done}
@@ -519,7 +483,7 @@ type leak struct {
 // then reports in-flight and started − completed per replica.
 func (d *demo) leaks(ctx context.Context) ([]leak, error) {
 	var out []leak
-	err := poll(ctx, 15*time.Second, 200*time.Millisecond, func() bool {
+	err := stack.Poll(ctx, 15*time.Second, 200*time.Millisecond, func() bool {
 		out = out[:0]
 		clean := true
 		for _, e := range d.st.Extprocs {

@@ -166,7 +166,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// Every extproc counter back to zero, started = completed on every target.
 	var last string
-	err = pollUntil(ctx, 15*time.Second, func() bool {
+	err = stack.Poll(ctx, 15*time.Second, 50*time.Millisecond, func() bool {
 		last = ""
 		for _, e := range st.Extprocs {
 			s, err := stack.Snapshot(ctx, e.Admin)
@@ -267,27 +267,10 @@ func (l *load) sent() int64 {
 	return l.count
 }
 
-func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tk := time.NewTicker(50 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tk.C:
-		}
-	}
-}
-
 func waitFleet(ctx context.Context, t *testing.T, fl *fleet.Fleet, timeout time.Duration, what string, cond func(fleet.Sample) bool) fleet.Sample {
 	t.Helper()
 	var s fleet.Sample
-	if err := pollUntil(ctx, timeout, func() bool { s = fl.Snapshot(time.Now()); return cond(s) }); err != nil {
+	if err := stack.Poll(ctx, timeout, 50*time.Millisecond, func() bool { s = fl.Snapshot(time.Now()); return cond(s) }); err != nil {
 		t.Fatalf("waited %v for %s: last state %+v", timeout, what, s)
 	}
 	return s
@@ -298,20 +281,10 @@ func waitFleet(ctx context.Context, t *testing.T, fl *fleet.Fleet, timeout time.
 func waitMesh(ctx context.Context, t *testing.T, st *stack.Stack, timeout time.Duration, cond func(int64) bool) time.Time {
 	t.Helper()
 	var sum int64
-	err := pollUntil(ctx, timeout, func() bool {
-		sum = 0
-		for _, e := range st.Extprocs {
-			s, err := stack.Snapshot(ctx, e.Admin)
-			if err != nil {
-				return false
-			}
-			for _, r := range s.Targets {
-				if r.Namespace == ns && r.Workload == model {
-					sum += r.InFlight
-				}
-			}
-		}
-		return cond(sum)
+	err := stack.Poll(ctx, timeout, 50*time.Millisecond, func() bool {
+		var ok bool
+		sum, ok = stack.InFlight(ctx, st.Extprocs, ns, model)
+		return ok && cond(sum)
 	})
 	if err != nil {
 		t.Fatalf("waited %v for the load at the mesh: in-flight %d", timeout, sum)
@@ -323,7 +296,7 @@ func waitMesh(ctx context.Context, t *testing.T, st *stack.Stack, timeout time.D
 func waitLeader(ctx context.Context, t *testing.T, st *stack.Stack, not *stack.Controller, timeout time.Duration) *stack.Controller {
 	t.Helper()
 	var got *stack.Controller
-	if err := pollUntil(ctx, timeout, func() bool {
+	if err := stack.Poll(ctx, timeout, 50*time.Millisecond, func() bool {
 		got = st.Leader(ctx)
 		return got != nil && got != not
 	}); err != nil {
@@ -344,7 +317,7 @@ func waitEvent(ctx context.Context, t *testing.T, st *stack.Stack, timeout time.
 		fields.OneTermEqualSelector("involvedObject.kind", "Deployment")).String()
 	var found corev1.Event
 	var seen []string
-	err := pollUntil(ctx, timeout, func() bool {
+	err := stack.Poll(ctx, timeout, 50*time.Millisecond, func() bool {
 		list, err := st.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return false

@@ -411,3 +411,41 @@ func (s *Stack) StartProcess(name, bin string, args ...string) (*Proc, error) {
 	s.track(p)
 	return p, nil
 }
+
+// Poll calls cond every period until it holds (nil), ctx ends or timeout
+// passes (the context's error).
+func Poll(ctx context.Context, timeout, period time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// InFlight sums the workload's in-flight count over the extprocs'
+// snapshots; ok is false if one did not answer.
+func InFlight(ctx context.Context, extprocs []*Extproc, namespace, workload string) (sum int64, ok bool) {
+	ok = true
+	for _, e := range extprocs {
+		s, err := Snapshot(ctx, e.Admin)
+		if err != nil {
+			ok = false
+			continue
+		}
+		for _, t := range s.Targets {
+			if t.Namespace == namespace && t.Workload == workload {
+				sum += t.InFlight
+			}
+		}
+	}
+	return sum, ok
+}
