@@ -164,8 +164,8 @@ func TestCheckRejects(t *testing.T) {
 		{"cluster not outbound", "cluster_name: outbound|", "cluster_name: inbound|", true, "cluster_name"},
 		{"no end signal on 1.37", "response_body_mode: STREAMED", "response_body_mode: NONE", false, "STREAMED"},
 		{"buffered body", "response_body_mode: STREAMED", "response_body_mode: BUFFERED", false, "BUFFERED"},
-		{"overlapping versions", `proxyVersion: ^1\.2[3-8]([.-].*)?$`, `proxyVersion: ^1\..*$`, false, "exactly one"},
-		{"unpinned patch", `proxyVersion: ^1\.2[3-8]([.-].*)?$`, `proxyVersion: ""`, false, "proxyVersion"},
+		{"overlapping versions", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ^1\..*$`, false, "exactly one"},
+		{"unpinned patch", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ""`, false, "proxyVersion"},
 		{"empty selector", "app: vllm", "{}", false, "workloadSelector"},
 		{"outbound context", "context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND", false, "SIDECAR_OUTBOUND"},
 	}

@@ -25,17 +25,19 @@ type Generation struct {
 }
 
 // Generations returns the proxy generations the install supports, oldest
-// first. Istio before 1.23 (Envoy 1.31, which introduced observability_mode)
-// matches none: such proxies get no patch, and so no counting, rather than a
-// configuration their Envoy would reject.
+// first. Istio before 1.24 matches none: such proxies get no patch, and so no
+// counting, rather than a configuration their Envoy would reject
+// (observability_mode arrived in Envoy 1.31 = Istio 1.23; deferred_close_timeout,
+// two fields later, in 1.31 or 1.32 (unverified), so Istio 1.24 = Envoy 1.32 is the first
+// release certain to know every field the install sets).
 func Generations() []Generation {
 	return []Generation{
 		{
-			Name:         "istio-1.23-1.28",
-			Istio:        "1.23 – 1.28",
-			Envoy:        "1.31 – 1.36",
-			ProxyVersion: `^1\.2[3-8]([.-].*)?$`,
-			Examples:     []string{"1.23.0", "1.24.6", "1.25.2", "1.26.0", "1.27.3", "1.28.1", "1.28.0-beta.1", "1.28-dev"},
+			Name:         "istio-1.24-1.28",
+			Istio:        "1.24 – 1.28",
+			Envoy:        "1.32 – 1.36",
+			ProxyVersion: `^1\.2[4-8]([.-].*)?$`,
+			Examples:     []string{"1.24.0", "1.24.6", "1.25.2", "1.26.0", "1.27.3", "1.28.1", "1.28.0-beta.1", "1.28-dev"},
 		},
 		{
 			Name:             "istio-1.29+",
@@ -50,7 +52,7 @@ func Generations() []Generation {
 
 // UnsupportedVersions are ISTIO_VERSION values no Generation may match.
 func UnsupportedVersions() []string {
-	return []string{"", "1.22.5", "1.22", "1.2.3", "1.3.0", "1.9.0", "0.8.0", "1.2", "dev", "1.x"}
+	return []string{"", "1.23.0", "1.23.6", "1.22.5", "1.22", "1.2.3", "1.3.0", "1.9.0", "0.8.0", "1.2", "dev", "1.x"}
 }
 
 // generationOf returns the index of the Generation whose every example,
