@@ -122,7 +122,7 @@ func TestEnvoyFiltersServerSideDryRun(t *testing.T) {
 		docs[filepath.Base(f)] = b
 	}
 	for name, o := range map[string]istio.Options{
-		"rendered port+control": {Namespace: "models", Selector: map[string]string{"app": "tgi", "tier": "gpu"}, Port: 8080, Profile: istio.ProfileControl},
+		"rendered port+control":   {Namespace: "models", Selector: map[string]string{"app": "tgi", "tier": "gpu"}, Port: 8080, Profile: istio.ProfileControl},
 		"rendered custom gateway": {Namespace: "gateways", Selector: map[string]string{"istio": "gw"}, Gateway: true},
 	} {
 		b, err := istio.Render(o)
