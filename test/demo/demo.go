@@ -389,8 +389,9 @@ func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
 	fmt.Fprintf(w, "\n=== summary: %s, %d requests, %.0f trace minutes in %v (%g×) ===\n", d.trace.Name, stats.Sent,
 		d.trace.Duration/60, wall.Round(time.Second), d.opt.Speed)
 	row := func(k, v string) { fmt.Fprintf(w, "  %-40s %s\n", k, v) }
-	row("GPU-hours (replica-time, uncompressed)", fmt.Sprintf("%.2f", fs.GPUHours))
-	row("peak desired replicas", fmt.Sprint(d.peakReplicas()))
+	peak := d.peakReplicas()
+	row("GPU-hours (replica-time, uncompressed)", fmt.Sprintf("%.2f (every pod, from its creation to its removal or now)", fs.GPUHours))
+	row("static at the peak, same time span", fmt.Sprintf("%.2f (%d replicas)", float64(peak)*wall.Hours()*d.opt.Speed, peak))
 	row("wait p50 / p99 / max", fmt.Sprintf("%s / %s / %s", fmtWait(quantile(waits, 0.5)), fmtWait(quantile(waits, 0.99)), fmtWait(quantile(waits, 1))))
 	row("requests served / outcomes", fmt.Sprintf("%d / %s", stats.Done, formatOutcomes(stats.Outcomes)))
 	row("scale events (spec.replicas changes)", fmt.Sprintf("%d (Events: %d ScaledUp, %d ScaledDown)", fs.Changes, ups, downs))

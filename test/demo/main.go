@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,6 +52,7 @@ var errInterrupted = errors.New("interrupted")
 // Options are the demo's flags.
 type Options struct {
 	Trace      string
+	Shape      string
 	Speed      float64
 	Minutes    float64
 	Initial    int
@@ -80,6 +82,7 @@ func defaultOptions(root string) Options {
 
 func (o *Options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.Trace, "trace", o.Trace, "request trace (TIMESTAMP,ContextTokens,GeneratedTokens)")
+	fs.StringVar(&o.Shape, "shape", o.Shape, "replay a synthetic shape (step, ramp, flash-crowd, on-off, diurnal) drawn from the trace's requests instead of the trace itself")
 	fs.Float64Var(&o.Speed, "speed", o.Speed, "time compression: trace time, service times and cold starts run this many times faster")
 	fs.Float64Var(&o.Minutes, "minutes", o.Minutes, "replay only the first this many minutes of the trace")
 	fs.IntVar(&o.Initial, "initial", o.Initial, "replicas the model Deployment starts with (ready)")
@@ -127,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err := opt.validate(); err != nil {
 		return err
 	}
-	tr, err := loadTrace(opt.Trace, opt.Minutes)
+	tr, err := loadTrace(opt.Trace, opt.Shape, opt.Minutes)
 	if err != nil {
 		return err
 	}
@@ -145,7 +148,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-func loadTrace(path string, minutes float64) (sim.Trace, error) {
+func loadTrace(path, shape string, minutes float64) (sim.Trace, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return sim.Trace{}, fmt.Errorf("the demo replays the Azure LLM trace, expected at %s (../shared/traces/ beside the repository; -trace to point elsewhere): %w", path, err)
@@ -154,6 +157,21 @@ func loadTrace(path string, minutes float64) (sim.Trace, error) {
 	tr, err := sim.LoadCSV(filepath.Base(path), f)
 	if err != nil {
 		return sim.Trace{}, err
+	}
+	if shape != "" {
+		var names []string
+		found := false
+		for _, s := range sim.Shapes() {
+			names = append(names, s.Name)
+			if s.Name == shape {
+				tr, found = sim.Synthesize(s, tr.Requests, 1), true
+				tr.Name = shape + " (tokens from " + filepath.Base(path) + ")"
+				break
+			}
+		}
+		if !found {
+			return sim.Trace{}, fmt.Errorf("-shape %q: want one of %s", shape, strings.Join(names, ", "))
+		}
 	}
 	horizon := minutes * 60
 	n := 0

@@ -75,10 +75,25 @@ func (p *Proc) Err() error {
 	return p.err
 }
 
-// Kill sends SIGKILL to the process group and waits for the process.
+// Kill sends SIGKILL to the process group and waits for the process and
+// (bounded) for the rest of its group to be reaped.
 func (p *Proc) Kill() {
 	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 	<-p.done
+	p.waitGroupGone(5 * time.Second)
+}
+
+// waitGroupGone polls until no process of the group is left (killed
+// grandchildren stay zombies until init reaps them) or timeout passes.
+func (p *Proc) waitGroupGone(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for !p.GroupGone() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond) // polling the kernel: there is no event to wait on
+	}
+	return true
 }
 
 // Stop sends SIGTERM to the process group, waits up to grace, then kills
@@ -86,6 +101,9 @@ func (p *Proc) Kill() {
 func (p *Proc) Stop(grace time.Duration) error {
 	select {
 	case <-p.done:
+		if !p.GroupGone() {
+			break // the leader is gone, its group is not: signal the group
+		}
 		return nil
 	default:
 	}
@@ -94,6 +112,12 @@ func (p *Proc) Stop(grace time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-p.done:
+		if !p.waitGroupGone(grace) {
+			// The leader exited but left processes in its group.
+			_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+			p.waitGroupGone(5 * time.Second)
+			return fmt.Errorf("%s (pid %d) exited but left processes in its group: killed", p.Name, p.Pid())
+		}
 		return nil
 	case <-t.C:
 		p.Kill()
