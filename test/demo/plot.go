@@ -47,8 +47,7 @@ func (d *demo) writePNG(path string) error {
 	}
 
 	top := plot.New()
-	top.Title.Text = fmt.Sprintf("inflight demo: %s at %g× (Deployment %s/%s, target %g in flight per replica)",
-		d.trace.Name, d.opt.Speed, modelNamespace, modelName, d.opt.Target)
+	top.Title.Text = fmt.Sprintf("inflight demo: %s at %g×, target %g in flight per replica", d.trace.Name, d.opt.Speed, d.opt.Target)
 	top.Y.Label.Text = "requests in flight (mesh)"
 	top.X.Label.Text = "trace time (min)"
 	top.Add(plotter.NewGrid())
@@ -82,11 +81,12 @@ func (d *demo) writePNG(path string) error {
 	}
 	rd.Color, rd.Width = green, vg.Points(1.2)
 	bot.Add(dl, des, rd)
-	bot.Legend.Add("demand: in flight / target", dl)
+	bot.Legend.Add("demand: in flight / target (clipped at max-replicas + 2)", dl)
 	bot.Legend.Add("desired (spec.replicas)", des)
 	bot.Legend.Add("ready", rd)
 	bot.Legend.Top = true
 	bot.Y.Min = 0
+	bot.Y.Max = float64(d.opt.MaxReplica + 2) // demand beyond it is clipped
 
 	img := vgimg.New(9*vg.Inch, 6*vg.Inch)
 	dc := draw.New(img)
