@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inflight-dev/inflight/scaling"
+	"github.com/inflight-dev/inflight/scaling/sim"
+)
+
+// Every speed the flag allows yields annotations the controller accepts,
+// with the cold start compressed by the speed.
+func TestAnnotationsValidAtEverySpeed(t *testing.T) {
+	for _, sp := range []float64{1, 2, 10, 20, 37, 100, 200} {
+		d := &demo{opt: defaultOptions(t.TempDir()), model: sim.DefaultModel()}
+		d.opt.Speed = sp
+		ann := d.annotations()
+		cfg, err := scaling.ParseAnnotations(ann)
+		if err != nil {
+			t.Errorf("speed %g: %v (annotations %v)", sp, err, ann)
+			continue
+		}
+		if want := time.Duration(120 / sp * float64(time.Second)).Round(time.Millisecond); cfg.ColdStart != want {
+			t.Errorf("speed %g: cold-start %v, want %v", sp, cfg.ColdStart, want)
+		}
+		if cfg.Target != d.opt.Target || cfg.MaxReplicas != int32(d.opt.MaxReplica) {
+			t.Errorf("speed %g: %+v", sp, cfg)
+		}
+	}
+}
+
+func writeCSV(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+	start := time.Date(2023, 11, 16, 18, 15, 0, 0, time.UTC)
+	for i := range 600 { // one request per second for ten minutes
+		b.WriteString(start.Add(time.Duration(i)*time.Second).Format("2006-01-02 15:04:05.0000000") + ",1000,100\n")
+	}
+	p := filepath.Join(t.TempDir(), "t.csv")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadTrace(t *testing.T) {
+	p := writeCSV(t)
+	tr, err := loadTrace(p, "", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Requests) != 120 || tr.Duration != 120 {
+		t.Errorf("first 2 minutes: %d requests, duration %g; want 120, 120", len(tr.Requests), tr.Duration)
+	}
+	tr, err = loadTrace(p, "step", 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(tr.Name, "step") || len(tr.Requests) < 1000 {
+		t.Errorf("step shape: %q with %d requests", tr.Name, len(tr.Requests))
+	}
+	if _, err := loadTrace(p, "tsunami", 60); err == nil || !strings.Contains(err.Error(), "flash-crowd") {
+		t.Errorf("unknown shape: %v", err)
+	}
+	if _, err := loadTrace(filepath.Join(t.TempDir(), "absent.csv"), "", 60); err == nil || !strings.Contains(err.Error(), "../shared/traces") {
+		t.Errorf("missing trace: %v", err)
+	}
+}
+
+func TestWritePNG(t *testing.T) {
+	d := &demo{opt: defaultOptions(t.TempDir()), trace: sim.Trace{Name: "t"}}
+	if err := d.writePNG(filepath.Join(t.TempDir(), "x.png")); err == nil {
+		t.Error("no samples: want an error")
+	}
+	for i := range 20 {
+		d.samples = append(d.samples, sample{T: time.Duration(i) * 500 * time.Millisecond, MeshInFlight: float64(i * 3),
+			Desired: 1 + i/4, Ready: i / 4})
+	}
+	p := filepath.Join(t.TempDir(), "out", "timeline.png")
+	if err := d.writePNG(p); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := img.Bounds(); r.Dx() < 600 || r.Dy() < 400 {
+		t.Errorf("image %v too small", r)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	o := defaultOptions(t.TempDir())
+	if err := o.validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, mut := range []func(*Options){
+		func(o *Options) { o.Speed = 0.5 },
+		func(o *Options) { o.Initial = 0 },
+		func(o *Options) { o.Initial = o.MaxReplica + 1 },
+		func(o *Options) { o.Target = 0 },
+		func(o *Options) { o.Envoy = "1.35" },
+		func(o *Options) { o.Minutes = 0 },
+	} {
+		o := defaultOptions(t.TempDir())
+		mut(&o)
+		if err := o.validate(); err == nil {
+			t.Errorf("%+v: want an error", o)
+		}
+	}
+}
