@@ -101,7 +101,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		bins, err = stack.Build(ctx, d.root, io.MultiWriter(buildLog, prefixWriter{d.errw}), true)
+		bins, err = stack.Build(ctx, d.root, io.MultiWriter(buildLog, &prefixWriter{w: d.errw}), true)
 		_ = buildLog.Close()
 		if err != nil {
 			return err
@@ -545,10 +545,24 @@ func (d *demo) inflightctl(ctx context.Context) string {
 	return "$ inflightctl " + strings.Join(args, " ") + "\n" + buf.String()
 }
 
-// prefixWriter indents build output.
-type prefixWriter struct{ w io.Writer }
+// prefixWriter indents build output, line by line.
+type prefixWriter struct {
+	w   io.Writer
+	mid bool // inside a line
+}
 
-func (p prefixWriter) Write(b []byte) (int, error) {
-	_, err := p.w.Write(bytes.ReplaceAll(b, []byte("\n"), []byte("\n    ")))
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	var out []byte
+	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		if !p.mid {
+			out = append(out, "    "...)
+		}
+		out = append(out, line...)
+		p.mid = line[len(line)-1] != '\n'
+	}
+	_, err := p.w.Write(out)
 	return len(b), err
 }

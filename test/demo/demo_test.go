@@ -119,3 +119,16 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestPrefixWriter(t *testing.T) {
+	var b bytes.Buffer
+	w := &prefixWriter{w: &b}
+	for _, s := range []string{"a\nb", "c\n", "\nd\n"} {
+		if n, err := w.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	if got, want := b.String(), "    a\n    bc\n    \n    d\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/inflight-dev/inflight/extproc"
@@ -41,7 +42,7 @@ type Bins struct{ Extproc, Controller, Inflightctl string }
 // binaries into root/.cache/demo/bin, logging to w.
 func Build(ctx context.Context, root string, w io.Writer, controlPlane bool) (Bins, error) {
 	if controlPlane {
-		cmd := exec.CommandContext(ctx, filepath.Join(root, "test", "controlplane", "build.sh"))
+		cmd := groupCommand(ctx, filepath.Join(root, "test", "controlplane", "build.sh"))
 		cmd.Dir, cmd.Stdout, cmd.Stderr = root, w, w
 		if err := cmd.Run(); err != nil {
 			return Bins{}, fmt.Errorf("test/controlplane/build.sh: %w", err)
@@ -51,7 +52,7 @@ func Build(ctx context.Context, root string, w io.Writer, controlPlane bool) (Bi
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Bins{}, err
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator),
+	cmd := groupCommand(ctx, "go", "build", "-o", dir+string(filepath.Separator),
 		"./cmd/extproc", "./cmd/controller", "./cmd/inflightctl")
 	cmd.Dir, cmd.Stdout, cmd.Stderr = root, w, w
 	if err := cmd.Run(); err != nil {
@@ -59,6 +60,17 @@ func Build(ctx context.Context, root string, w io.Writer, controlPlane bool) (Bi
 	}
 	return Bins{Extproc: filepath.Join(dir, "extproc"), Controller: filepath.Join(dir, "controller"),
 		Inflightctl: filepath.Join(dir, "inflightctl")}, nil
+}
+
+// groupCommand is a command in its own process group that ctx's end stops
+// as a whole (build.sh's go build, go build's compilers): SIGTERM to the
+// group, SIGKILL 10 s later.
+func groupCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	return cmd
 }
 
 // Options configure a Stack.
