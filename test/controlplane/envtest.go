@@ -117,6 +117,9 @@ func Start() (*Env, error) {
 	return &Env{Config: cfg, env: e}, nil
 }
 
+// KubeConfig returns an admin kubeconfig for the control plane.
+func (e *Env) KubeConfig() []byte { return e.env.KubeConfig }
+
 // Stop stops kube-apiserver and etcd and removes their data.
 func (e *Env) Stop() error { return e.env.Stop() }
 
@@ -157,6 +160,19 @@ func Main(m *testing.M) int {
 		}
 	}
 	return code
+}
+
+// KubeConfig writes an admin kubeconfig of the control plane that Main
+// started into the test's temporary directory and returns its path, or
+// skips (fails with INFLIGHT_REQUIRE_CONTROLPLANE=1) the test.
+func KubeConfig(t testing.TB) string {
+	t.Helper()
+	Config(t)
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(p, shared.env.KubeConfig(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // Config returns a copy of the admin config of the control plane that Main
