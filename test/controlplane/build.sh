@@ -9,6 +9,8 @@
 #   CONTROLPLANE_BIN  output folder (default <repo>/.cache/controlplane/bin)
 #   GOFLAGS etc.      passed through to go build
 set -euo pipefail
+# Temporary outputs carry the PID, so two concurrent runs do not clobber each
+# other; the last mv wins with an identical binary.
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -42,7 +44,7 @@ build_apiserver() {
 		return
 	fi
 	log "building kube-apiserver $KUBE_VERSION (cold: ~9 min on 2 cores) ..."
-	local start=$SECONDS tmp="$bin/.kube-apiserver.tmp"
+	local start=$SECONDS tmp="$bin/.kube-apiserver.$$.tmp"
 	rm -f "$bin/kube-apiserver.stamp"
 	(cd "$here/apiserver" && go build -ldflags "-s -w \
 		-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
@@ -66,7 +68,7 @@ build_etcd() {
 		return
 	fi
 	log "building etcd $ETCD_VERSION (cold: ~1.5 min on 2 cores) ..."
-	local start=$SECONDS tmp="$bin/.etcd.tmp"
+	local start=$SECONDS tmp="$bin/.etcd.$$.tmp"
 	rm -f "$bin/etcd.stamp"
 	# The program is the module root; go build names it "server": use -o FILE.
 	(cd "$here/etcd" && go build -ldflags "-s -w" -o "$tmp" go.etcd.io/etcd/server/v3) \
