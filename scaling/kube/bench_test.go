@@ -88,7 +88,7 @@ func BenchmarkTick(b *testing.B) {
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		b.Fatal("caches did not sync")
 	}
-	t := newTerm()
+	t := c.newTerm()
 	c.tick(ctx, t) // warm: connections, autoscalers
 	if len(t.workloads) != workloads {
 		b.Fatalf("managed %d workloads, want %d", len(t.workloads), workloads)

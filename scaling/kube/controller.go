@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,11 +53,13 @@ const (
 
 // Controller is one controller replica. Create it with New, then Run.
 type Controller struct {
-	opt  Options
-	cs   kubernetes.Interface
-	log  *zap.Logger
-	m    *Metrics
-	coll *collect.Collector
+	opt Options
+	cs  kubernetes.Interface
+	log *zap.Logger
+	m   *Metrics
+	// collOpt configures each term's collector; the HTTP client (and its
+	// idle connections) is shared across terms.
+	collOpt collect.Options
 
 	factory, epFactory informers.SharedInformerFactory
 	deploys            appslisters.DeploymentLister
@@ -89,7 +92,10 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		log = zap.NewNop()
 	}
 	c := &Controller{opt: opt, cs: cs, log: log, m: m}
-	c.coll = collect.New(collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m, Client: opt.SnapshotClient})
+	c.collOpt = collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m, Client: opt.SnapshotClient}
+	if c.collOpt.Client == nil {
+		c.collOpt.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}}
+	}
 
 	c.factory = informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(opt.Namespace))
 	dInf := c.factory.Apps().V1().Deployments()
@@ -265,7 +271,7 @@ func (c *Controller) lead(ctx, lctx context.Context) {
 	c.m.leader.Set(1)
 	c.log.Info("started leading")
 	defer c.log.Info("stopped leading")
-	t := newTerm()
+	t := c.newTerm()
 	tk := c.opt.Clock.NewTicker(c.opt.Tick)
 	defer tk.Stop()
 	for {
@@ -280,12 +286,18 @@ func (c *Controller) lead(ctx, lctx context.Context) {
 	}
 }
 
-// term is the state of one leadership term, owned by the tick goroutine.
+// term is the state of one leadership term, owned by the tick goroutine. A
+// new term starts from nothing: no snapshot baselines from an earlier term
+// (they would make one tick's delta span the whole gap) and fresh
+// autoscalers.
 type term struct {
+	coll      *collect.Collector
 	workloads map[collect.Workload]*wstate
 }
 
-func newTerm() *term { return &term{workloads: map[collect.Workload]*wstate{}} }
+func (c *Controller) newTerm() *term {
+	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}}
+}
 
 // wstate is the state of one workload within a term.
 type wstate struct {
@@ -387,7 +399,7 @@ type write struct {
 func (c *Controller) tick(ctx context.Context, t *term) {
 	begin := time.Now()
 	now := c.opt.Clock.Now()
-	res := c.coll.Tick(ctx, c.endpoints())
+	res := t.coll.Tick(ctx, c.endpoints())
 	c.m.endpoints.WithLabelValues("answered").Set(float64(res.Answered))
 	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
 	if res.Partial {
