@@ -374,11 +374,12 @@ func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
 	}
 	ups, downs := 0, 0
 	for _, e := range events {
+		n := max(1, int(e.Count)) // the event correlator aggregates repeats
 		switch e.Reason {
 		case "ScaledUp":
-			ups++
+			ups += n
 		case "ScaledDown":
-			downs++
+			downs += n
 		}
 	}
 	waits := d.fl.Waits()
