@@ -313,3 +313,37 @@ func TestLeaderLostTakeoverWithinLeaseDuration(t *testing.T) {
 		return ev != nil && ev.Source.Host == "c2"
 	})
 }
+
+// A new leader starts conservatively: even with the load gone and a short
+// scale-down-delay, it does not scale down before a full window (6s) of its
+// own data.
+func TestNewLeaderWaitsAFullWindowBeforeScaleDown(t *testing.T) {
+	e := newEnv(t)
+	e.deployment("llama", fastAnn(), 1)
+	e.kubelet("llama") // pods become Ready, so no burst mode holds the count
+	a := e.replica("a")
+	r1 := e.start(e.cfg, e.fastOptions("c1"), nil)
+	eventually(t, 30*time.Second, "c1 leads", r1.c.Leading)
+	r2 := e.start(e.cfg, e.fastOptions("c2"), nil)
+	a.SetInFlight(e.ns, "llama", "p", 4, time.Second)
+	eventually(t, 30*time.Second, "scale-up to 4", func() bool { return e.replicas("llama") == 4 })
+
+	a.SetInFlight(e.ns, "llama", "p", 0, time.Second)
+	r1.stop(t)
+	eventually(t, 10*time.Second, "c2 takes over", r2.c.Leading)
+	took := time.Now()
+	var firstDown time.Time
+	eventually(t, 60*time.Second, "c2 scales down", func() bool {
+		if e.replicas("llama") < 4 {
+			firstDown = time.Now()
+			return true
+		}
+		return false
+	})
+	if d := firstDown.Sub(took); d < 6*time.Second {
+		t.Errorf("new leader scaled down %v after taking over, before one window (6s) of its own data", d)
+	}
+	if got := r2.metric(t, "inflight_controller_decisions_total", map[string]string{"reason": "warming-up"}); got < 1 {
+		t.Errorf("decisions_total{reason=warming-up} = %v on the new leader, want ≥ 1", got)
+	}
+}
