@@ -484,7 +484,16 @@ func (c *Controller) configure(w collect.Workload, dep *appsv1.Deployment, st *w
 		if st.cfg != nil {
 			keep = "keeping the last valid configuration"
 		}
-		c.recorder.Eventf(dep, corev1.EventTypeWarning, ReasonInvalidConfig, "%v; %s", err, keep)
+		// One Warning per invalid annotation, naming it, its value and
+		// what is allowed.
+		var ce *scaling.ConfigError
+		if errors.As(err, &ce) && len(ce.Fields) > 0 {
+			for _, f := range ce.Fields {
+				c.recorder.Eventf(dep, corev1.EventTypeWarning, ReasonInvalidConfig, "invalid annotation %v; %s", f, keep)
+			}
+		} else {
+			c.recorder.Eventf(dep, corev1.EventTypeWarning, ReasonInvalidConfig, "%v; %s", err, keep)
+		}
 		c.log.Warn("invalid configuration", zap.String("workload", w.String()), zap.Error(err), zap.Bool("kept_previous", st.cfg != nil))
 		c.m.invalidConfigs.Inc()
 		c.m.setInvalid(w, true)

@@ -120,6 +120,14 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 		t.Errorf("config_invalid = %v, want 1", got)
 	}
 
+	// Two invalid annotations at once: a Warning for each.
+	e.annotate("bad", fastAnn("inflight.dev/target", "lots", "inflight.dev/max-replicas", "0"))
+	eventually(t, 30*time.Second, "a Warning Event per invalid annotation", func() bool {
+		evs := e.events("bad")
+		return findEvent(evs, ReasonInvalidConfig, "inflight.dev/max-replicas", `"0"`, "between 1 and") != nil &&
+			findEvent(evs, ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "not scaling it") != nil
+	})
+
 	// Fix it: now it scales.
 	e.annotate("bad", fastAnn())
 	eventually(t, 30*time.Second, "scale-up once valid", func() bool { return e.replicas("bad") >= 6 })
@@ -132,8 +140,8 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 	})
 	a.SetInFlight(e.ns, "bad", "bad-1", 8, time.Second)
 	eventually(t, 30*time.Second, "scale-up on the last valid configuration", func() bool { return e.replicas("bad") == 8 })
-	if got := r.metric(t, "inflight_controller_invalid_configs_total", nil); got != 2 {
-		t.Errorf("invalid_configs_total = %v, want 2", got)
+	if got := r.metric(t, "inflight_controller_invalid_configs_total", nil); got != 3 {
+		t.Errorf("invalid_configs_total = %v, want 3 (distinct invalid sets)", got)
 	}
 }
 
