@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,7 @@ type options struct {
 	deferredClose time.Duration
 	jsonOut       bool
 	keepBuild     string
+	rounds        int
 }
 
 func main() {
@@ -72,6 +74,7 @@ func parse(args []string) (options, error) {
 	fs.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "latency phase length per server (1s..5m)")
 	fs.IntVar(&o.openStreams, "open-streams", 10000, "streams held open at once in the memory phase (0..50000)")
 	fs.DurationVar(&o.deferredClose, "deferred-close", 100*time.Millisecond, "deferred_close_timeout in the observe profile")
+	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds (extproc, null, extproc, null, ...); the report gives each server's median (1..9)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&o.keepBuild, "bin-dir", "", "build the binaries into this directory and keep them (default: a temporary one)")
 	if err := fs.Parse(args); err != nil {
@@ -92,6 +95,8 @@ func parse(args []string) (options, error) {
 		return o, fmt.Errorf("-rate %d: want 1..20000", o.rate)
 	case o.latencyFor < time.Second || o.latencyFor > 5*time.Minute:
 		return o, fmt.Errorf("-latency-duration %v: want 1s..5m", o.latencyFor)
+	case o.rounds < 1 || o.rounds > 9:
+		return o, fmt.Errorf("-rounds %d: want 1..9", o.rounds)
 	case o.openStreams < 0 || o.openStreams > 50000:
 		return o, fmt.Errorf("-open-streams %d: want 0..50000", o.openStreams)
 	}
@@ -120,6 +125,39 @@ type serverReport struct {
 	RSSOpenMiB    float64 `json:"rss_with_open_streams_mib"`
 	PeakRSSMiB    float64 `json:"peak_rss_mib"`
 	ProcessorErrs int64   `json:"processor_errors"`
+	// RoundsCPUMicrosPerReq lists every round's CPU per request.
+	RoundsCPUMicrosPerReq []float64 `json:"rounds_cpu_us_per_request"`
+}
+
+// medianReport combines one server's rounds: the median of each rate,
+// CPU and latency figure, the first round's memory phase, the largest peak
+// RSS and the sum of the error counts.
+func medianReport(rs []serverReport) serverReport {
+	out := rs[0]
+	med := func(f func(*serverReport) float64) float64 {
+		v := make([]float64, len(rs))
+		for i := range rs {
+			v[i] = f(&rs[i])
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	out.ReqPerSec = med(func(r *serverReport) float64 { return r.ReqPerSec })
+	out.CPUSecondsPer1000 = med(func(r *serverReport) float64 { return r.CPUSecondsPer1000 })
+	out.CPUMicrosPerReq = med(func(r *serverReport) float64 { return r.CPUMicrosPerReq })
+	out.ReqPerCore = med(func(r *serverReport) float64 { return r.ReqPerCore })
+	out.LatencyP50Micros = med(func(r *serverReport) float64 { return r.LatencyP50Micros })
+	out.LatencyP99Micros = med(func(r *serverReport) float64 { return r.LatencyP99Micros })
+	out.OfferedRate = med(func(r *serverReport) float64 { return r.OfferedRate })
+	out.RoundsCPUMicrosPerReq = nil
+	for _, r := range rs[1:] {
+		out.PeakRSSMiB = max(out.PeakRSSMiB, r.PeakRSSMiB)
+		out.ProcessorErrs += r.ProcessorErrs
+	}
+	for _, r := range rs {
+		out.RoundsCPUMicrosPerReq = append(out.RoundsCPUMicrosPerReq, r.CPUMicrosPerReq)
+	}
+	return out
 }
 
 type check struct {
@@ -174,12 +212,25 @@ func run(args []string, out io.Writer) error {
 		}},
 		{"null", func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
 	}
-	for _, s := range servers {
-		sr, err := measure(o, s.name, s.argv)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+	// Alternate the servers round by round so that a change in the load of
+	// the shared machine hits both alike, and report each one's median.
+	rounds := make([][]serverReport, len(servers))
+	for r := range o.rounds {
+		ro := o
+		if r > 0 {
+			ro.openStreams = 0 // the memory phase runs once
 		}
-		rep.Servers = append(rep.Servers, sr)
+		for i, s := range servers {
+			fmt.Fprintf(os.Stderr, "loadgen: round %d/%d: %s\n", r+1, o.rounds, s.name)
+			sr, err := measure(ro, s.name, s.argv)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			rounds[i] = append(rounds[i], sr)
+		}
+	}
+	for _, rs := range rounds {
+		rep.Servers = append(rep.Servers, medianReport(rs))
 	}
 	ext, null := rep.Servers[0], rep.Servers[1]
 	if null.CPUMicrosPerReq > 0 {
@@ -210,7 +261,10 @@ func printTable(out io.Writer, rep report) {
 			s.CPUMicrosPerReq, s.ReqPerCore, s.LatencyP50Micros, s.LatencyP99Micros, s.OfferedRate, s.RSSOpenMiB, s.OpenStreams, s.PeakRSSMiB)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(out, "\nextproc/null CPU per request: %.3f\n\n", rep.CPURatio)
+	for _, s := range rep.Servers {
+		fmt.Fprintf(out, "\n%s µs CPU/request per round: %.1f", s.Name, s.RoundsCPUMicrosPerReq)
+	}
+	fmt.Fprintf(out, "\n\nextproc/null CPU per request (medians): %.3f\n\n", rep.CPURatio)
 	for _, c := range rep.Checks {
 		v := "PASS"
 		if !c.Pass {

@@ -1,0 +1,26 @@
+package extproc
+
+import (
+	"io"
+	"testing"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+// BenchmarkProcess measures the handler's own cost for one SSE request in
+// the control profile (request headers, response headers, 4 body chunks),
+// without the gRPC transport: what extproc adds over a CONTINUE-only
+// processor. Compare with the null processor in test/loadgen for the
+// transport's share.
+func BenchmarkProcess(b *testing.B) {
+	msgs := []*extprocv3.ProcessingRequest{reqHeaders(false), respHeaders(false, false),
+		respBody(false, false), respBody(false, false), respBody(false, false), respBody(true, false)}
+	tr := NewTracker(TrackerOptions{})
+	srv := NewServer(tr, nil, nil)
+	st := &scriptStream{final: io.EOF, sent: make([]*extprocv3.ProcessingResponse, 0, len(msgs))}
+	b.ReportAllocs()
+	for b.Loop() {
+		st.msgs, st.sent = msgs, st.sent[:0]
+		_ = srv.Process(st)
+	}
+}
