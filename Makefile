@@ -37,3 +37,6 @@ build:
 ## sim: replay the traces through inflight and the baselines; writes scaling/sim/results/
 sim:
 	$(GO) run ./cmd/inflight-sim
+
+# make demo (its own file, owned with the demo)
+include test/demo/demo.mk
