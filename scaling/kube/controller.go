@@ -219,9 +219,16 @@ func (c *Controller) Run(ctx context.Context) error {
 	// Lease is released only after the last write.
 	electCtx, cancelElect := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelElect()
-	var work sync.WaitGroup
+	var (
+		mu       sync.Mutex
+		stopping bool
+		work     sync.WaitGroup // the tick loop, while leading
+	)
 	go func() {
 		<-ctx.Done()
+		mu.Lock()
+		stopping = true // no new term starts from here on
+		mu.Unlock()
 		work.Wait()
 		cancelElect()
 	}()
@@ -235,7 +242,13 @@ func (c *Controller) Run(ctx context.Context) error {
 			ReleaseOnCancel: true,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lctx context.Context) {
+					mu.Lock()
+					if stopping {
+						mu.Unlock()
+						return
+					}
 					work.Add(1)
+					mu.Unlock()
 					defer work.Done()
 					c.lead(ctx, lctx)
 				},
