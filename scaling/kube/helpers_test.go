@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	"github.com/inflight-dev/inflight/scaling/collect/collecttest"
@@ -94,6 +95,9 @@ func (e *env) deployment(name string, ann map[string]string, replicas int32) *ap
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	// envtest has no namespace controller: delete what a test made, so a
+	// later controller watching all namespaces does not see it.
+	e.t.Cleanup(func() { e.remove(e.cs.AppsV1().Deployments(e.ns).Delete, name) })
 	return d
 }
 
@@ -108,12 +112,17 @@ func (e *env) replicas(name string) int32 {
 
 func (e *env) annotate(name string, ann map[string]string) {
 	e.t.Helper()
-	d, err := e.cs.AppsV1().Deployments(e.ns).Get(e.ctx(), name, metav1.GetOptions{})
+	// The controller writes /scale concurrently: retry on Conflict.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d, err := e.cs.AppsV1().Deployments(e.ns).Get(e.ctx(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		d.Annotations = ann
+		_, err = e.cs.AppsV1().Deployments(e.ns).Update(e.ctx(), d, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		e.t.Fatal(err)
-	}
-	d.Annotations = ann
-	if _, err := e.cs.AppsV1().Deployments(e.ns).Update(e.ctx(), d, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -141,6 +150,16 @@ func (e *env) slice(r *collecttest.Replica) {
 	}
 	if _, err := e.cs.DiscoveryV1().EndpointSlices(e.sysNS).Create(e.ctx(), s, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { e.remove(e.cs.DiscoveryV1().EndpointSlices(e.sysNS).Delete, s.Name) })
+}
+
+// remove deletes an object at cleanup; already gone is fine.
+func (e *env) remove(del func(context.Context, string, metav1.DeleteOptions) error, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := del(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		e.t.Errorf("cleanup of %s: %v", name, err)
 	}
 }
 
@@ -200,6 +219,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 // fastOptions are short, real timings for tests.
 func (e *env) fastOptions(identity string) Options {
 	o := DefaultOptions()
+	o.Namespace = e.ns // only this test's workloads
 	o.ExtprocNamespace, o.ExtprocService = e.sysNS, e.service
 	o.LeaseNamespace, o.Identity = e.sysNS, identity
 	o.Tick = 100 * time.Millisecond

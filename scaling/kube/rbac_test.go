@@ -202,6 +202,11 @@ func TestRunsUnderShippedRBAC(t *testing.T) {
 
 	o := e.fastOptions("rbac-1")
 	o.LeaseNamespace, o.LeaseName = "inflight-system", "inflight-controller"
+	o.Namespace = "" // as shipped: every namespace
+	// A fresh Lease, so that creating it is part of the run.
+	leases := e.cs.CoordinationV1().Leases(o.LeaseNamespace)
+	e.remove(leases.Delete, o.LeaseName)
+	e.t.Cleanup(func() { e.remove(leases.Delete, o.LeaseName) })
 	r := e.start(cfg, o, nil)
 	a.SetInFlight(e.ns, "llama", "p", 3, time.Second)
 	eventually(t, 30*time.Second, "scale-up to 3 under the ServiceAccount", func() bool { return e.replicas("llama") == 3 })
