@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"time"
@@ -22,6 +24,11 @@ type Options struct {
 	ExtprocNamespace string
 	ExtprocService   string
 	SnapshotPort     string
+	// SnapshotDialHost, when set, replaces the EndpointSlice address of
+	// every snapshot request (the port is kept). Development only: the
+	// local demo and the e2e test run every extproc on 127.0.0.1, which an
+	// EndpointSlice may not hold.
+	SnapshotDialHost string
 	Tick             time.Duration
 	FetchTimeout     time.Duration
 	Expire           time.Duration
@@ -81,6 +88,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ExtprocNamespace, "extproc-namespace", o.ExtprocNamespace, "namespace of the extproc Service")
 	fs.StringVar(&o.ExtprocService, "extproc-service", o.ExtprocService, "name of the extproc Service whose ready endpoints serve /v1/snapshot")
 	fs.StringVar(&o.SnapshotPort, "snapshot-port", o.SnapshotPort, "name (or number) of the extproc Service's admin port")
+	fs.StringVar(&o.SnapshotDialHost, "snapshot-dial-host", o.SnapshotDialHost, "development only: connect to this loopback address for every extproc snapshot instead of the EndpointSlice address, keeping its port (the local demo and e2e test)")
 	fs.DurationVar(&o.Tick, "tick", o.Tick, "decision interval")
 	fs.DurationVar(&o.FetchTimeout, "fetch-timeout", o.FetchTimeout, "timeout of one snapshot fetch")
 	fs.DurationVar(&o.Expire, "expire", o.Expire, "how long a silent extproc replica's last values keep counting")
@@ -116,6 +124,9 @@ func (o *Options) Validate() error {
 		if s.v == "" {
 			bad(s.flag, `""`, "a non-empty name")
 		}
+	}
+	if ip := net.ParseIP(o.SnapshotDialHost); o.SnapshotDialHost != "" && (ip == nil || !ip.IsLoopback()) {
+		bad("snapshot-dial-host", strconv.Quote(o.SnapshotDialHost), "empty or a loopback IP address such as 127.0.0.1")
 	}
 	if o.Tick < 10*time.Millisecond || o.Tick > time.Minute {
 		bad("tick", o.Tick, "10ms to 1m")
@@ -165,5 +176,24 @@ func (o *Options) kube() kube.Options {
 	k.LeaseNamespace, k.LeaseName, k.Identity = o.LeaseNamespace, o.LeaseName, o.Identity
 	k.LeaseDuration, k.RenewDeadline, k.RetryPeriod = o.LeaseDuration, o.RenewDeadline, o.RetryPeriod
 	k.WriteWorkers = o.WriteWorkers
+	if o.SnapshotDialHost != "" {
+		k.SnapshotClient = dialHostClient(o.SnapshotDialHost, o.FetchTimeout)
+	}
 	return k
+}
+
+// dialHostClient is an HTTP client that connects to host whatever address
+// a request names, keeping the port.
+func dialHostClient(host string, timeout time.Duration) *http.Client {
+	d := &net.Dialer{Timeout: timeout}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 4,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return d.DialContext(ctx, network, net.JoinHostPort(host, port))
+		},
+	}}
 }

@@ -2,6 +2,10 @@ package main
 
 import (
 	"flag"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +35,8 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		{[]string{"--log-format=xml"}, []string{`--log-format="xml"`, "json or console"}},
 		{[]string{"--admin-listen=9090"}, []string{`--admin-listen="9090"`, "host:port"}},
 		{[]string{"--extproc-service="}, []string{`--extproc-service=""`, "non-empty"}},
+		{[]string{"--snapshot-dial-host=10.0.0.1"}, []string{`--snapshot-dial-host="10.0.0.1"`, "loopback IP"}},
+		{[]string{"--snapshot-dial-host=localhost"}, []string{`--snapshot-dial-host="localhost"`, "loopback IP"}},
 	}
 	for _, c := range cases {
 		o := DefaultOptions()
@@ -63,5 +69,29 @@ func TestFlagsReachTheController(t *testing.T) {
 	k := o.kube()
 	if k.Tick != 250*time.Millisecond || k.Identity != "c-1" || k.ExtprocService != "ep" || k.LeaseName != "l" {
 		t.Errorf("kube options = %+v", k)
+	}
+}
+
+// TestSnapshotDialHostConnectsToLoopback checks that the development
+// override really connects to the loopback host whatever address the
+// request names (a documentation-range address that is never dialled).
+func TestSnapshotDialHostConnectsToLoopback(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("here")) }))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	c := dialHostClient("127.0.0.1", 5*time.Second)
+	resp, err := c.Get("http://192.0.2.10:" + port + "/v1/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if string(b) != "here" {
+		t.Fatalf("got %q", b)
+	}
+	o := DefaultOptions()
+	o.SnapshotDialHost = "127.0.0.1"
+	if o.kube().SnapshotClient == nil {
+		t.Fatal("--snapshot-dial-host does not reach the controller's snapshot client")
 	}
 }

@@ -160,39 +160,17 @@ func (s *Stack) track(p *Proc) {
 	s.mu.Unlock()
 }
 
-// AdminHost is the address the extprocs' admin ports listen on, as the
-// controllers find it in the EndpointSlices. The API server refuses
-// loopback addresses in EndpointSlices ("may not be in the loopback range")
-// and the controller binary resolves an FQDN slice only through DNS, so the
-// admin ports (read-only snapshots and metrics) listen on the host's first
-// non-loopback IPv4 address; the ext_proc gRPC ports stay on 127.0.0.1.
-func AdminHost() (string, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return "", err
-	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
-				return n.IP.String(), nil
-			}
-		}
-	}
-	return "", errors.New("no non-loopback IPv4 address: the controllers find the extprocs through EndpointSlices, which refuse loopback addresses")
-}
+// endpointAddress is the address extproc replica i is registered under in
+// its EndpointSlice. The API server refuses loopback addresses there, so
+// the slice holds an address of the documentation range (RFC 5737) that
+// nothing ever dials: the controllers run with --snapshot-dial-host
+// 127.0.0.1 and connect to the loopback address with the slice's port,
+// where the replica's admin port listens. No traffic leaves loopback.
+func endpointAddress(i int) string { return fmt.Sprintf("192.0.2.%d", 10+i%200) }
 
 // FreePort returns a free loopback address.
-func FreePort() (string, error) { return freePortOn("127.0.0.1") }
-
-func freePortOn(host string) (string, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+func FreePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}
@@ -207,11 +185,7 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 	if err != nil {
 		return nil, err
 	}
-	host, err := AdminHost()
-	if err != nil {
-		return nil, err
-	}
-	admin, err := freePortOn(host)
+	admin, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -226,14 +200,14 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 	if err := WaitHTTP(ctx, p, "http://"+admin+"/readyz", 30*time.Second); err != nil {
 		return nil, err
 	}
-	if err := s.registerExtproc(ctx, name, admin, grpcAddr); err != nil {
+	if err := s.registerExtproc(ctx, name, endpointAddress(i), admin, grpcAddr); err != nil {
 		return nil, err
 	}
 	s.Extprocs = append(s.Extprocs, e)
 	return e, nil
 }
 
-func (s *Stack) registerExtproc(ctx context.Context, name, admin, grpcAddr string) error {
+func (s *Stack) registerExtproc(ctx context.Context, name, host, admin, grpcAddr string) error {
 	if err := EnsureNamespace(ctx, s.Client, SystemNamespace); err != nil {
 		return err
 	}
@@ -243,7 +217,7 @@ func (s *Stack) registerExtproc(ctx context.Context, name, admin, grpcAddr strin
 	if _, err := s.Client.CoreV1().Services(SystemNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	host, adminPort, _ := net.SplitHostPort(admin)
+	_, adminPort, _ := net.SplitHostPort(admin)
 	_, grpcPort, _ := net.SplitHostPort(grpcAddr)
 	ap, _ := strconv.Atoi(adminPort)
 	gp, _ := strconv.Atoi(grpcPort)
@@ -283,7 +257,8 @@ func (s *Stack) StartController(ctx context.Context, i int) (*Controller, error)
 	id := fmt.Sprintf("inflight-controller-%d", i)
 	args := []string{"--kubeconfig", s.Kubeconfig, "--admin-listen", admin, "--identity", id,
 		"--extproc-namespace", SystemNamespace, "--extproc-service", ExtprocService,
-		"--lease-namespace", SystemNamespace, "--lease-name", LeaseName, "--log-format", "json"}
+		"--lease-namespace", SystemNamespace, "--lease-name", LeaseName, "--log-format", "json",
+		"--snapshot-dial-host", "127.0.0.1"}
 	dur := func(flag string, d time.Duration) {
 		if d > 0 {
 			args = append(args, flag, d.String())
