@@ -461,7 +461,7 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 			ColdStart: st.coldStart()}
 		st.as.Observe(obs)
 		d := st.as.Decide(now)
-		c.m.workload(w, obs, d)
+		c.m.workload(w, st.as.Config(), obs, d)
 		st.last = decisionStatus(d, obs, false)
 		if d.Direction != scaling.Hold && d.Desired != requested {
 			writes = append(writes, &write{w: w, dep: dep, st: st, obs: obs, d: d, from: requested, to: d.Desired})

@@ -15,6 +15,8 @@ type Metrics struct {
 	inFlight, concurrency              *prometheus.GaugeVec
 	stable, panicDemand, trend, panicG *prometheus.GaugeVec
 	configInvalid                      *prometheus.GaugeVec
+	target, minReplicas, maxReplicas   *prometheus.GaugeVec
+	coldStart                          *prometheus.GaugeVec
 	invalidConfigs                     prometheus.Counter
 	decisions                          *prometheus.CounterVec
 	scaleWrites                        *prometheus.CounterVec
@@ -44,6 +46,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		panicDemand:   g("panic_demand", "Time-averaged in-flight over the panic window."),
 		trend:         g("trend", "Least-squares slope of in-flight over the panic window (requests/s)."),
 		panicG:        g("panic", "1 while the workload is in burst (panic) mode."),
+		target:        g("target", "Requests in flight per replica to aim for (inflight.dev/target in force)."),
+		minReplicas:   g("min_replicas", "Lower replica bound in force."),
+		maxReplicas:   g("max_replicas", "Upper replica bound in force."),
+		coldStart:     g("cold_start_seconds", "Cold start the policy plans with: the annotation, else the learned pod created → Ready time, else 0 (the policy's 120 s default)."),
 		configInvalid: g("config_invalid", "1 while the workload's inflight.dev/ annotations are invalid (the last valid configuration stays in force)."),
 		invalidConfigs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "invalid_configs_total", Help: "Invalid annotation sets seen (each distinct invalid set counts once)."}),
@@ -70,6 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.desired, m.current, m.ready, m.starting, m.inFlight, m.concurrency,
 		m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid, m.invalidConfigs,
+		m.target, m.minReplicas, m.maxReplicas, m.coldStart,
 		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
 		m.tickDuration, m.partial, m.endpoints, m.leader)
 	return m
@@ -85,8 +92,16 @@ func (m *Metrics) Fetched(kind string, d time.Duration) {
 	}
 }
 
-func (m *Metrics) workload(w collect.Workload, o scaling.Observation, d scaling.Decision) {
+func (m *Metrics) workload(w collect.Workload, cfg scaling.Config, o scaling.Observation, d scaling.Decision) {
 	l := []string{w.Namespace, w.Name}
+	m.target.WithLabelValues(l...).Set(cfg.Target)
+	m.minReplicas.WithLabelValues(l...).Set(float64(cfg.MinReplicas))
+	m.maxReplicas.WithLabelValues(l...).Set(float64(cfg.MaxReplicas))
+	cs := cfg.ColdStart
+	if cs == 0 {
+		cs = o.ColdStart
+	}
+	m.coldStart.WithLabelValues(l...).Set(cs.Seconds())
 	m.desired.WithLabelValues(l...).Set(float64(d.Desired))
 	m.current.WithLabelValues(l...).Set(float64(o.Requested))
 	m.ready.WithLabelValues(l...).Set(float64(o.Ready))
@@ -106,7 +121,8 @@ func (m *Metrics) workload(w collect.Workload, o scaling.Observation, d scaling.
 
 func (m *Metrics) forget(w collect.Workload) {
 	for _, v := range []*prometheus.GaugeVec{m.desired, m.current, m.ready, m.starting, m.inFlight,
-		m.concurrency, m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid} {
+		m.concurrency, m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid,
+		m.target, m.minReplicas, m.maxReplicas, m.coldStart} {
 		v.DeleteLabelValues(w.Namespace, w.Name)
 	}
 }

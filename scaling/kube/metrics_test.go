@@ -25,11 +25,12 @@ func TestMetricsGolden(t *testing.T) {
 	m := NewMetrics(reg)
 	w := collect.Workload{Namespace: "ml", Name: "llama"}
 	gone := collect.Workload{Namespace: "ml", Name: "gone"}
-	obs := scaling.Observation{Concurrency: 17.5, InFlight: 18, Ready: 3, Starting: 1, Requested: 4}
+	obs := scaling.Observation{Concurrency: 17.5, InFlight: 18, Ready: 3, Starting: 1, Requested: 4, ColdStart: 95 * time.Second}
+	cfg := scaling.DefaultConfig(4)
 	d := scaling.Decision{Desired: 5, Current: 4, Direction: scaling.Up, StableDemand: 16.25,
 		PanicDemand: 18.5, Trend: 1.25, Panicking: true, Reason: "in-flight 18.5 over target 4, panic: 4 → 5"}
-	m.workload(w, obs, d)
-	m.workload(gone, obs, scaling.Decision{Reason: "partial data: no scale-down: 1 → 1"})
+	m.workload(w, cfg, obs, d)
+	m.workload(gone, cfg, obs, scaling.Decision{Reason: "partial data: no scale-down: 1 → 1"})
 	m.forget(gone)
 	m.setInvalid(w, false)
 	m.invalidConfigs.Inc()
