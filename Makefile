@@ -34,6 +34,13 @@ fuzz:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
+## bench: extproc against a CONTINUE-only null processor, same load, alternating rounds (≈ 3½ min)
+bench:
+	$(GO) run ./test/loadgen -duration 20s -concurrency 64 -rounds 3
+	$(GO) test -run XXX -bench . -benchtime 20000x ./extproc
+	$(GO) test -run XXX -bench Decide ./scaling
+	$(GO) test -run XXX -bench Tick -benchtime 20x ./scaling/kube
+
 ## sim: replay the traces through inflight and the baselines; writes scaling/sim/results/
 sim:
 	$(GO) run ./cmd/inflight-sim

@@ -121,10 +121,13 @@ type serverReport struct {
 	LatencyP50Micros float64 `json:"reply_latency_p50_us"`
 	LatencyP99Micros float64 `json:"reply_latency_p99_us"`
 
-	OpenStreams   int     `json:"open_streams"`
-	RSSOpenMiB    float64 `json:"rss_with_open_streams_mib"`
-	PeakRSSMiB    float64 `json:"peak_rss_mib"`
-	ProcessorErrs int64   `json:"processor_errors"`
+	OpenStreams int     `json:"open_streams"`
+	RSSOpenMiB  float64 `json:"rss_with_open_streams_mib"`
+	PeakRSSMiB  float64 `json:"peak_rss_mib"`
+	// PeakRSSThroughputMiB is the peak RSS at the end of the throughput
+	// phase (before the latency and memory phases).
+	PeakRSSThroughputMiB float64 `json:"peak_rss_after_throughput_mib"`
+	ProcessorErrs        int64   `json:"processor_errors"`
 	// RoundsCPUMicrosPerReq lists every round's CPU per request.
 	RoundsCPUMicrosPerReq []float64 `json:"rounds_cpu_us_per_request"`
 }
@@ -152,6 +155,7 @@ func medianReport(rs []serverReport) serverReport {
 	out.RoundsCPUMicrosPerReq = nil
 	for _, r := range rs[1:] {
 		out.PeakRSSMiB = max(out.PeakRSSMiB, r.PeakRSSMiB)
+		out.PeakRSSThroughputMiB = max(out.PeakRSSThroughputMiB, r.PeakRSSThroughputMiB)
 		out.ProcessorErrs += r.ProcessorErrs
 	}
 	for _, r := range rs {
@@ -255,10 +259,10 @@ func printTable(out io.Writer, rep report) {
 	fmt.Fprintf(out, "machine: %s\nprofile: %s, Envoy %s lifetime, %d concurrent streams for %s, %d SSE chunks per request\n\n",
 		rep.Machine, rep.Profile, rep.Envoy, rep.Concurrency, rep.Duration, rep.Chunks)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\treq/s\tCPU-s/1000 req\tµs CPU/req\treq/s per core\tp50 reply µs\tp99 reply µs\t(at req/s)\tRSS open streams MiB\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "server\treq/s\tCPU-s/1000 req\tµs CPU/req\treq/s per core\tp50 reply µs\tp99 reply µs\t(at req/s)\tRSS open streams MiB\tpeak RSS throughput MiB\tpeak RSS MiB\t")
 	for _, s := range rep.Servers {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.4f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f (%d)\t%.1f\t\n", s.Name, s.ReqPerSec, s.CPUSecondsPer1000,
-			s.CPUMicrosPerReq, s.ReqPerCore, s.LatencyP50Micros, s.LatencyP99Micros, s.OfferedRate, s.RSSOpenMiB, s.OpenStreams, s.PeakRSSMiB)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.4f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f (%d)\t%.1f\t%.1f\t\n", s.Name, s.ReqPerSec, s.CPUSecondsPer1000,
+			s.CPUMicrosPerReq, s.ReqPerCore, s.LatencyP50Micros, s.LatencyP99Micros, s.OfferedRate, s.RSSOpenMiB, s.OpenStreams, s.PeakRSSThroughputMiB, s.PeakRSSMiB)
 	}
 	_ = tw.Flush()
 	for _, s := range rep.Servers {
@@ -370,6 +374,9 @@ func measure(o options, name string, argv func(string, string) []string) (server
 	}
 	if sr.CPUMicrosPerReq > 0 {
 		sr.ReqPerCore = 1e6 / sr.CPUMicrosPerReq
+	}
+	if sr.PeakRSSThroughputMiB, err = procStatusMiB(pid, "VmHWM:"); err != nil {
+		return sr, err
 	}
 
 	// Open-loop reply latency, control profile.
