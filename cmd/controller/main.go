@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -47,7 +46,7 @@ func run(ctx context.Context, args []string) error {
 	if err := opts.Validate(); err != nil {
 		return err
 	}
-	log, err := newLogger(opts)
+	log, err := opts.Log.New()
 	if err != nil {
 		return err
 	}
@@ -129,17 +128,4 @@ func adminHandler(ctrl *kube.Controller, reg *prometheus.Registry) http.Handler 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("GET /v1/status", ctrl.StatusHandler())
 	return mux
-}
-
-func newLogger(o Options) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(o.LogLevel)
-	if err != nil {
-		return nil, err
-	}
-	cfg := zap.NewProductionConfig()
-	if o.LogFormat == "console" {
-		cfg = zap.NewDevelopmentConfig()
-	}
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	return cfg.Build()
 }

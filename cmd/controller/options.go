@@ -11,8 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"go.uber.org/zap/zapcore"
-
+	"github.com/inflight-dev/inflight/cmd/internal/logging"
 	"github.com/inflight-dev/inflight/scaling/kube"
 )
 
@@ -42,8 +41,7 @@ type Options struct {
 	KubeQPS          float64
 	KubeBurst        int
 	ShutdownTimeout  time.Duration
-	LogLevel         string
-	LogFormat        string
+	Log              logging.Options
 }
 
 // DefaultOptions returns the shipped defaults.
@@ -75,8 +73,7 @@ func DefaultOptions() Options {
 		KubeQPS:          50,
 		KubeBurst:        100,
 		ShutdownTimeout:  10 * time.Second,
-		LogLevel:         "info",
-		LogFormat:        "json",
+		Log:              logging.Defaults(),
 	}
 }
 
@@ -102,8 +99,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.Float64Var(&o.KubeQPS, "kube-qps", o.KubeQPS, "client-side rate limit of API requests per second")
 	fs.IntVar(&o.KubeBurst, "kube-burst", o.KubeBurst, "client-side burst of API requests")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "on SIGTERM, how long to wait for the last tick and the Lease release")
-	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "json or console")
+	o.Log.Bind(fs)
 }
 
 // Validate reports every invalid option, naming the flag, the value and
@@ -158,12 +154,7 @@ func (o *Options) Validate() error {
 	if o.ShutdownTimeout <= 0 || o.ShutdownTimeout > 5*time.Minute {
 		bad("shutdown-timeout", o.ShutdownTimeout, "> 0 and ≤ 5m")
 	}
-	if _, err := zapcore.ParseLevel(o.LogLevel); err != nil {
-		bad("log-level", strconv.Quote(o.LogLevel), "debug, info, warn or error")
-	}
-	if o.LogFormat != "json" && o.LogFormat != "console" {
-		bad("log-format", strconv.Quote(o.LogFormat), "json or console")
-	}
+	errs = append(errs, o.Log.Validate()...)
 	return errors.Join(errs...)
 }
 

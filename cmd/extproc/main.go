@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string) error {
 	if err := opts.Validate(); err != nil {
 		return err
 	}
-	log, err := newLogger(opts)
+	log, err := opts.Log.New()
 	if err != nil {
 		return err
 	}
@@ -127,17 +127,4 @@ func run(ctx context.Context, args []string) error {
 		return serveErr
 	}
 	return nil
-}
-
-func newLogger(o Options) (*zap.Logger, error) {
-	cfg := zap.NewProductionConfig()
-	if o.LogFormat == "console" {
-		cfg = zap.NewDevelopmentConfig()
-	}
-	lvl, err := zap.ParseAtomicLevel(o.LogLevel)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Level = lvl
-	return cfg.Build()
 }

@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"go.uber.org/zap/zapcore"
+	"github.com/inflight-dev/inflight/cmd/internal/logging"
 )
 
 // Options are every setting of the extproc binary.
@@ -18,8 +18,7 @@ type Options struct {
 	ReplicaName  string
 	MaxTargets   int
 	DrainTimeout time.Duration
-	LogLevel     string
-	LogFormat    string
+	Log          logging.Options
 }
 
 // DefaultOptions returns the shipped defaults.
@@ -34,8 +33,7 @@ func DefaultOptions() Options {
 		ReplicaName:  name,
 		MaxTargets:   1000,
 		DrainTimeout: 25 * time.Second,
-		LogLevel:     "info",
-		LogFormat:    "json",
+		Log:          logging.Defaults(),
 	}
 }
 
@@ -46,8 +44,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "name of this replica in snapshots (default: $POD_NAME, else the host name)")
 	fs.IntVar(&o.MaxTargets, "max-targets", o.MaxTargets, "bound on distinct targets; requests for further ones count under reason=\"overflow\"")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may finish before they are cut")
-	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "json or console")
+	o.Log.Bind(fs)
 }
 
 // Validate reports every invalid option, naming the flag, the value and
@@ -71,11 +68,6 @@ func (o *Options) Validate() error {
 	if o.DrainTimeout < 0 || o.DrainTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 10m", o.DrainTimeout))
 	}
-	if _, err := zapcore.ParseLevel(o.LogLevel); err != nil {
-		errs = append(errs, fmt.Errorf("--log-level=%q: want debug, info, warn or error", o.LogLevel))
-	}
-	if o.LogFormat != "json" && o.LogFormat != "console" {
-		errs = append(errs, fmt.Errorf("--log-format=%q: want json or console", o.LogFormat))
-	}
+	errs = append(errs, o.Log.Validate()...)
 	return errors.Join(errs...)
 }
