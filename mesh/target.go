@@ -38,7 +38,8 @@ func RequestAttributes() []string {
 //
 // On an inbound sidecar every field is known. Behind a gateway only the
 // Service and its namespace are known when the request starts, so Workload
-// and Pod are empty there: the controller maps the Service to its workload.
+// and Pod are empty there: such targets are counted and exported, but the
+// controller scales from per-workload (sidecar) counts only.
 type Target struct {
 	Namespace string
 	Workload  string
