@@ -5,11 +5,20 @@ CACHE := $(CURDIR)/.cache
 CONTROLPLANE_BIN := $(CACHE)/controlplane/bin
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE_BIN)
 
-.PHONY: test controlplane lint race fuzz bench build sim
+.PHONY: test deps controlplane lint race fuzz bench build sim
 
 ## test: everything CI checks (builds the test control plane once, cached in .cache/)
-test: controlplane lint race
+test: deps controlplane lint race
 	INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -count=1 -timeout 45m ./...
+
+## deps: Debian's prometheus/promtool (dashboard and alert checks), installed when missing
+deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus (prometheus, promtool)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "make test needs prometheus and promtool: run 'sudo apt-get install prometheus'"; exit 1; fi; }
+	@command -v npm >/dev/null || { echo "make test needs npm (dashboard type checks): install Node.js and npm"; exit 1; }
 
 ## controlplane: build kube-apiserver and etcd from their Go modules into .cache/ (≈10 min cold, 0 s warm)
 controlplane:
