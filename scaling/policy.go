@@ -494,7 +494,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	d.Panicking = a.panicking
 	d.PredictedDemand = demand
 	want := ceilReplicas(demand / target)
-	note("in-flight %.1f over target %g", demand, target)
+	note("in-flight %.1f, target %g per replica", demand, target)
 
 	if falling && want > cur && !a.panicking {
 		want = cur

@@ -47,7 +47,7 @@ func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
 
 	eventually(t, 30*time.Second, "scale-up of llama to 5", func() bool { return e.replicas("llama") >= 5 })
 	eventually(t, 30*time.Second, "a ScaledUp Event with the numbers", func() bool {
-		return findEvent(e.events("llama"), ReasonScaledUp, "scaled 1 → ", "over target 1", "in-flight now 5.0") != nil
+		return findEvent(e.events("llama"), ReasonScaledUp, "scaled 1 → ", "target 1 per replica", "in-flight now 5.0") != nil
 	})
 	if got := r.metric(t, "inflight_controller_decisions_total", map[string]string{"direction": "up"}); got < 1 {
 		t.Errorf("decisions_total{direction=up} = %v, want ≥ 1", got)

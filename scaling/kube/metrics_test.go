@@ -28,7 +28,7 @@ func TestMetricsGolden(t *testing.T) {
 	obs := scaling.Observation{Concurrency: 17.5, InFlight: 18, Ready: 3, Starting: 1, Requested: 4, ColdStart: 95 * time.Second}
 	cfg := scaling.DefaultConfig(4)
 	d := scaling.Decision{Desired: 5, Current: 4, Direction: scaling.Up, StableDemand: 16.25,
-		PanicDemand: 18.5, Trend: 1.25, Panicking: true, Reason: "in-flight 18.5 over target 4, panic: 4 → 5"}
+		PanicDemand: 18.5, Trend: 1.25, Panicking: true, Reason: "in-flight 18.5, target 4 per replica, panic: 4 → 5"}
 	m.workload(w, cfg, obs, d)
 	m.workload(gone, cfg, obs, scaling.Decision{Reason: "partial data: no scale-down: 1 → 1"})
 	m.forget(gone)
@@ -74,13 +74,13 @@ func TestMetricsGolden(t *testing.T) {
 func TestReasonLabelIsBounded(t *testing.T) {
 	cases := map[string]scaling.Decision{
 		"no-data":          {Reason: "no observation yet"},
-		"partial-data":     {Reason: "in-flight 0.0 over target 1, partial data: no scale-down: 4 → 4"},
-		"warming-up":       {Reason: "in-flight 0.0 over target 1, less than one window of data: no scale-down: 4 → 4"},
-		"panic":            {Reason: "in-flight 9.0 over target 1, panic: 1 → 9", Panicking: true},
-		"cold-start":       {Reason: "in-flight 9.0 over target 1, 2 starting: capped at 3: 1 → 3"},
-		"scale-down-delay": {Reason: "in-flight 1.0 over target 1, holding for scale-down-delay 2s: 4 → 4"},
-		"rate-cap":         {Reason: "in-flight 1.0 over target 1, capped by max-scale-down-rate 2: 4 → 2"},
-		"demand":           {Reason: "in-flight 3.0 over target 1: 1 → 3"},
+		"partial-data":     {Reason: "in-flight 0.0, target 1 per replica, partial data: no scale-down: 4 → 4"},
+		"warming-up":       {Reason: "in-flight 0.0, target 1 per replica, less than one window of data: no scale-down: 4 → 4"},
+		"panic":            {Reason: "in-flight 9.0, target 1 per replica, panic: 1 → 9", Panicking: true},
+		"cold-start":       {Reason: "in-flight 9.0, target 1 per replica, 2 starting: capped at 3: 1 → 3"},
+		"scale-down-delay": {Reason: "in-flight 1.0, target 1 per replica, holding for scale-down-delay 2s: 4 → 4"},
+		"rate-cap":         {Reason: "in-flight 1.0, target 1 per replica, capped by max-scale-down-rate 2: 4 → 2"},
+		"demand":           {Reason: "in-flight 3.0, target 1 per replica: 1 → 3"},
 	}
 	for want, d := range cases {
 		if got := reasonLabel(d); got != want {
@@ -90,7 +90,7 @@ func TestReasonLabelIsBounded(t *testing.T) {
 }
 
 func TestTrimArrow(t *testing.T) {
-	if got := trimArrow("in-flight 18.2 over target 4, rising 1.30/s: 3 → 5"); got != "in-flight 18.2 over target 4, rising 1.30/s" {
+	if got := trimArrow("in-flight 18.2, target 4 per replica, rising 1.30/s: 3 → 5"); got != "in-flight 18.2, target 4 per replica, rising 1.30/s" {
 		t.Errorf("trimArrow = %q", got)
 	}
 }
