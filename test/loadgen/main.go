@@ -53,6 +53,7 @@ type options struct {
 	jsonOut       bool
 	keepBuild     string
 	rounds        int
+	serverCPU     string
 }
 
 func main() {
@@ -75,6 +76,7 @@ func parse(args []string) (options, error) {
 	fs.IntVar(&o.openStreams, "open-streams", 10000, "streams held open at once in the memory phase (0..50000)")
 	fs.DurationVar(&o.deferredClose, "deferred-close", 100*time.Millisecond, "deferred_close_timeout in the observe profile")
 	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds (extproc, null, extproc, null, ...); the report gives each server's median (1..9)")
+	fs.StringVar(&o.serverCPU, "server-cpu", "", "pin the servers to these CPUs with taskset (e.g. 1); run the load generator itself on the others with 'taskset -c 0'")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&o.keepBuild, "bin-dir", "", "build the binaries into this directory and keep them (default: a temporary one)")
 	if err := fs.Parse(args); err != nil {
@@ -95,6 +97,8 @@ func parse(args []string) (options, error) {
 		return o, fmt.Errorf("-rate %d: want 1..20000", o.rate)
 	case o.latencyFor < time.Second || o.latencyFor > 5*time.Minute:
 		return o, fmt.Errorf("-latency-duration %v: want 1s..5m", o.latencyFor)
+	case o.serverCPU != "" && strings.Trim(o.serverCPU, "0123456789,-") != "":
+		return o, fmt.Errorf("-server-cpu %q: want a CPU list such as 1 or 2-3", o.serverCPU)
 	case o.rounds < 1 || o.rounds > 9:
 		return o, fmt.Errorf("-rounds %d: want 1..9", o.rounds)
 	case o.openStreams < 0 || o.openStreams > 50000:
@@ -314,6 +318,10 @@ func measure(o options, name string, argv func(string, string) []string) (server
 		return sr, err
 	}
 	a := argv(grpcAddr, adminAddr)
+	if o.serverCPU != "" {
+		// taskset sets the affinity and execs the server: same pid.
+		a = append([]string{"taskset", "-c", o.serverCPU}, a...)
+	}
 	cmd := exec.Command(a[0], a[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
