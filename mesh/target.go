@@ -155,15 +155,17 @@ func resolveOutbound(cluster string) (Target, Reason) {
 // ParseNodeID reads the pod and namespace from an Istio sidecar node id,
 // sidecar~10.0.0.7~pod.ns~ns.svc.cluster.local.
 func ParseNodeID(id string) (pod, namespace string, ok bool) {
-	parts := strings.Split(id, "~")
-	if len(parts) != 4 || parts[0] != "sidecar" {
+	kind, rest, _ := strings.Cut(id, "~")
+	_, rest, _ = strings.Cut(rest, "~") // the IP
+	podNS, domain, ok := strings.Cut(rest, "~")
+	if kind != "sidecar" || !ok || strings.Contains(domain, "~") {
 		return "", "", false
 	}
-	dot := strings.LastIndexByte(parts[2], '.')
-	if dot <= 0 || dot == len(parts[2])-1 {
+	dot := strings.LastIndexByte(podNS, '.')
+	if dot <= 0 || dot == len(podNS)-1 {
 		return "", "", false
 	}
-	pod, namespace = parts[2][:dot], parts[2][dot+1:]
+	pod, namespace = podNS[:dot], podNS[dot+1:]
 	if !isDNSSubdomain(pod) || !isDNSLabel(namespace) {
 		return "", "", false
 	}
@@ -172,14 +174,15 @@ func ParseNodeID(id string) (pod, namespace string, ok bool) {
 
 // parseServiceHost reads svc and ns from svc.ns.svc.<cluster domain>.
 func parseServiceHost(host string) (svc, namespace string, ok bool) {
-	labels := strings.SplitN(host, ".", 4)
-	if len(labels) < 3 || labels[2] != "svc" {
+	svc, rest, ok1 := strings.Cut(host, ".")
+	namespace, rest, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || (rest != "svc" && !strings.HasPrefix(rest, "svc.")) {
 		return "", "", false
 	}
-	if !isDNSLabel(labels[0]) || !isDNSLabel(labels[1]) {
+	if !isDNSLabel(svc) || !isDNSLabel(namespace) {
 		return "", "", false
 	}
-	return labels[0], labels[1], true
+	return svc, namespace, true
 }
 
 // WorkloadFromPod guesses the owning workload from a pod name made by a
@@ -246,10 +249,14 @@ func isDNSSubdomain(s string) bool {
 	if len(s) == 0 || len(s) > 253 {
 		return false
 	}
-	for _, l := range strings.Split(s, ".") {
-		if !isDNSLabel(l) {
+	for {
+		label, rest, more := strings.Cut(s, ".")
+		if !isDNSLabel(label) {
 			return false
 		}
+		if !more {
+			return true
+		}
+		s = rest
 	}
-	return true
 }
