@@ -36,18 +36,8 @@ import (
 	"github.com/inflight-dev/inflight/scaling/kube"
 	"github.com/inflight-dev/inflight/test/controlplane"
 	"github.com/inflight-dev/inflight/test/envoy"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // startProcess starts a command whose output goes to a file in the test's
 // temp dir, and stops it (SIGTERM, then SIGKILL after 10 s) at cleanup.
@@ -129,7 +119,7 @@ func goBuild(t *testing.T, pkg string) string {
 type extprocReplica struct{ name, grpc, admin string }
 
 func startExtproc(t *testing.T, bin, name string) extprocReplica {
-	r := extprocReplica{name: name, grpc: freeAddr(t), admin: freeAddr(t)}
+	r := extprocReplica{name: name, grpc: testutil.FreeAddr(t), admin: testutil.FreeAddr(t)}
 	startProcess(t, name, bin, "--grpc-listen="+r.grpc, "--admin-listen="+r.admin,
 		"--replica-name="+name, "--drain-timeout=1s", "--log-format=console")
 	waitHTTP(t, "http://"+r.admin+"/readyz", 30*time.Second)
@@ -256,7 +246,7 @@ func controllerUnderTest(ctx context.Context, t *testing.T, reps []extprocReplic
 	for _, r := range reps {
 		slice(r.name, r.admin)
 	}
-	slice("dead", freeAddr(t)) // refuses connections: snapshot errors, partial data
+	slice("dead", testutil.FreeAddr(t)) // refuses connections: snapshot errors, partial data
 
 	reg := prometheus.NewRegistry()
 	m := kube.NewMetrics(reg)
@@ -451,7 +441,7 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	promAddr := freeAddr(t)
+	promAddr := testutil.FreeAddr(t)
 	startProcess(t, "prometheus", promBin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+promAddr, "--log.level=warn")
 	waitHTTP(t, "http://"+promAddr+"/-/ready", 60*time.Second)

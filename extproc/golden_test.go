@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/inflight-dev/inflight/mesh"
+	inflighttest "github.com/inflight-dev/inflight/test/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -39,23 +40,6 @@ func goldenTracker(t *testing.T) (*Tracker, *fakeClock) {
 	return tr, c
 }
 
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./extproc -run Golden -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
-
 // TestSnapshotGolden pins the /v1/snapshot contract shared with the
 // controller: field names, units and order.
 func TestSnapshotGolden(t *testing.T) {
@@ -70,7 +54,7 @@ func TestSnapshotGolden(t *testing.T) {
 	if err := json.Indent(&pretty, rec.Body.Bytes(), "", "  "); err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "snapshot.golden.json", pretty.Bytes())
+	inflighttest.Golden(t, "snapshot.golden.json", pretty.Bytes(), *update)
 
 	var s Snapshot
 	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
@@ -98,7 +82,7 @@ func TestMetricsGolden(t *testing.T) {
 		rec := httptest.NewRecorder()
 		a.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 		buf.Write(rec.Body.Bytes())
-		checkGolden(t, "metrics.golden.txt", buf.Bytes())
+		inflighttest.Golden(t, "metrics.golden.txt", buf.Bytes(), *update)
 		f, err = os.Open(filepath.Join("testdata", "metrics.golden.txt"))
 	}
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"testing"
@@ -16,19 +15,10 @@ import (
 
 	"github.com/inflight-dev/inflight/scaling/kube"
 	"github.com/inflight-dev/inflight/test/controlplane"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.Main(m)) }
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // The binary's run(): kubeconfig, admin port, leadership, and on shutdown
 // the Lease is released (holder cleared) before run returns.
@@ -38,7 +28,7 @@ func TestRunLeadsAndReleasesTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := freePort(t)
+	admin := testutil.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 func TestValidateNamesFlagValueAndRange(t *testing.T) {
@@ -47,20 +47,10 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestRunServesAndDrains runs the binary's run(): it serves the gRPC health
 // service and the admin endpoints, and returns cleanly when its context ends.
 func TestRunServesAndDrains(t *testing.T) {
-	grpcAddr, adminAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, adminAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

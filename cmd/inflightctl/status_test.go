@@ -7,13 +7,12 @@ import (
 	"flag"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/inflight-dev/inflight/scaling/kube"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -54,23 +53,6 @@ func serve(t *testing.T, st kube.Status) *httptest.Server {
 	return srv
 }
 
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update once)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s:\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
-
 func TestStatusGolden(t *testing.T) {
 	leader := serve(t, fixture(t))
 	follower := kube.Status{Version: kube.StatusVersion, Identity: "inflight-controller-1", Workloads: []kube.WorkloadStatus{}}
@@ -91,7 +73,7 @@ func TestStatusGolden(t *testing.T) {
 			if errb.Len() != 0 {
 				t.Errorf("stderr: %q", errb.String())
 			}
-			golden(t, tc.name, out.Bytes())
+			testutil.Golden(t, tc.name, out.Bytes(), *update)
 		})
 	}
 }
