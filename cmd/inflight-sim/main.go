@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/inflight-dev/inflight/scaling/sim"
+	"github.com/inflight-dev/inflight/scaling/sim/traces"
 )
 
 // Options are the command's settings.
@@ -44,7 +45,7 @@ type Options struct {
 func DefaultOptions() Options {
 	m := sim.DefaultModel()
 	return Options{
-		Trace: "../shared/traces/azure-llm-2023-conv.csv", Out: "scaling/sim/results", Seed: 1,
+		Trace: traces.AzureConv, Out: "scaling/sim/results", Seed: 1,
 		Synthetic: true, Ablation: true, Batch: m.Batch, PrefillTPS: m.PrefillTPS,
 		MsPerToken: m.SecPerToken * 1000, ColdStart: time.Duration(m.ColdStart) * time.Second,
 		MaxReplicas: 200, Parallel: min(2, runtime.NumCPU()), HeldOut: "2,3",
@@ -53,7 +54,7 @@ func DefaultOptions() Options {
 
 // Flags registers the options on fs.
 func (o *Options) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.Trace, "trace", o.Trace, "CSV trace to replay (TIMESTAMP,ContextTokens,GeneratedTokens); empty: synthetic traces only")
+	fs.StringVar(&o.Trace, "trace", o.Trace, "trace to replay: a built-in name ("+strings.Join(traces.Names(), ", ")+") or a CSV file (TIMESTAMP,ContextTokens,GeneratedTokens); empty: synthetic traces only")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for results.md, runs.csv, timeline.png and frontier.png")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the synthetic traces")
 	fs.BoolVar(&o.Synthetic, "synthetic", o.Synthetic, "also run the synthetic traces (step, ramp, flash-crowd, on-off, diurnal)")
@@ -154,36 +155,31 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	model := sim.Model{Batch: o.Batch, PrefillTPS: o.PrefillTPS, SecPerToken: o.MsPerToken / 1000, ColdStart: o.ColdStart.Seconds()}
-	var traces []sim.Trace
+	var runs []sim.Trace
 	var pool []sim.Request
 	if o.Trace != "" {
-		f, err := os.Open(o.Trace)
+		tr, err := traces.Load(o.Trace)
 		if err != nil {
 			return err
 		}
-		tr, err := sim.LoadCSV(strings.TrimSuffix(filepath.Base(o.Trace), ".csv"), f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		traces, pool = append(traces, tr), tr.Requests
+		runs, pool = append(runs, tr), tr.Requests
 	}
 	if o.Synthetic {
 		for _, s := range sim.Shapes() {
-			traces = append(traces, sim.Synthesize(s, pool, o.Seed))
+			runs = append(runs, sim.Synthesize(s, pool, o.Seed))
 		}
 		seeds, _ := o.seeds()
 		for _, seed := range seeds {
 			for _, s := range sim.Shapes() {
 				tr := sim.Synthesize(s, pool, seed)
 				tr.Name, tr.HeldOut = fmt.Sprintf("%s@s%d", s.Name, seed), true
-				traces = append(traces, tr)
+				runs = append(runs, tr)
 			}
 		}
 	}
 	if want := names(o.Traces); len(want) > 0 {
 		var kept []sim.Trace
-		for _, tr := range traces {
+		for _, tr := range runs {
 			if base, _, _ := strings.Cut(tr.Name, "@"); want[base] || want[tr.Name] {
 				kept = append(kept, tr)
 			}
@@ -191,7 +187,7 @@ func run(args []string, stderr io.Writer) error {
 		if len(kept) == 0 {
 			return fmt.Errorf("-traces=%s: no trace of that name", o.Traces)
 		}
-		traces = kept
+		runs = kept
 	}
 	specs := sim.Specs()
 	if want := names(o.Policies); len(want) > 0 {
@@ -206,7 +202,7 @@ func run(args []string, stderr io.Writer) error {
 		}
 		specs = kept
 	}
-	x := sim.Experiment{Model: model, Traces: traces, Specs: specs, MaxReplicas: o.MaxReplicas, Parallel: o.Parallel}
+	x := sim.Experiment{Model: model, Traces: runs, Specs: specs, MaxReplicas: o.MaxReplicas, Parallel: o.Parallel}
 	if o.Ablation {
 		x.Ablations = sim.AblationSpecs()
 	}
@@ -241,6 +237,6 @@ func run(args []string, stderr io.Writer) error {
 	if err := write("frontier.png", out.WriteFrontier); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "inflight-sim: %d traces, results in %s (%.1f s)\n", len(traces), o.Out, out.Elapsed.Seconds())
+	fmt.Fprintf(stderr, "inflight-sim: %d traces, results in %s (%.1f s)\n", len(runs), o.Out, out.Elapsed.Seconds())
 	return nil
 }

@@ -56,3 +56,13 @@ func TestRunRejectsUnknownNames(t *testing.T) {
 		}
 	}
 }
+
+// make sim's default trace loads from a directory with nothing beside it
+// (a clone has no ../shared).
+func TestDefaultTraceNeedsNothingOutsideTheRepository(t *testing.T) {
+	t.Chdir(t.TempDir())
+	err := run([]string{"-synthetic=false", "-ablation=false", "-policies", "static-peak", "-quiet", "-out", t.TempDir()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+}

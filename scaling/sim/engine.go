@@ -26,7 +26,7 @@ type Model struct {
 	ColdStart   float64 // seconds
 }
 
-// DefaultModel is the model of ../shared/traces/README.md: prefill at 5,000
+// DefaultModel is the model the trace's source describes: prefill at 5,000
 // tokens/s and 30 ms per generated token (the order of a 7–13 B model on one
 // A100-class GPU), a batch of 8, and a two-minute cold start (pulling and
 // loading several GB of weights).

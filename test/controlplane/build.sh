@@ -73,8 +73,11 @@ build_etcd() {
 	# The program is the module root; go build names it "server": use -o FILE.
 	(cd "$here/etcd" && go build -ldflags "-s -w" -o "$tmp" go.etcd.io/etcd/server/v3) \
 		|| die "go build of etcd failed (see above)"
+	# Read the whole output, then keep its first line: a pipe into head can
+	# kill the writer with SIGPIPE (exit 141) under pipefail.
 	local got
-	got="$("$tmp" --version 2>&1 | head -1)" || die "built etcd does not run: $tmp --version"
+	got="$("$tmp" --version 2>&1)" || die "built etcd does not run: $tmp --version"
+	got="${got%%$'\n'*}"
 	[[ "$got" == *"${ETCD_VERSION#v}"* ]] || die "etcd reports '$got', want $ETCD_VERSION"
 	mv -f "$tmp" "$bin/etcd"
 	echo "$want" >"$bin/etcd.stamp"

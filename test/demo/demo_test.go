@@ -68,7 +68,7 @@ func TestLoadTrace(t *testing.T) {
 	if _, err := loadTrace(p, "tsunami", 60); err == nil || !strings.Contains(err.Error(), "flash-crowd") {
 		t.Errorf("unknown shape: %v", err)
 	}
-	if _, err := loadTrace(filepath.Join(t.TempDir(), "absent.csv"), "", 60); err == nil || !strings.Contains(err.Error(), "../shared/traces") {
+	if _, err := loadTrace(filepath.Join(t.TempDir(), "absent.csv"), "", 60); err == nil || !strings.Contains(err.Error(), "absent.csv") {
 		t.Errorf("missing trace: %v", err)
 	}
 }
@@ -130,5 +130,15 @@ func TestPrefixWriter(t *testing.T) {
 	}
 	if got, want := b.String(), "    a\n    bc\n    \n    d\n"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// make demo's default trace loads from a directory with nothing beside it
+// (a clone has no ../shared).
+func TestDefaultTraceNeedsNothingOutsideTheRepository(t *testing.T) {
+	t.Chdir(t.TempDir())
+	tr, err := loadTrace(defaultOptions(t.TempDir()).Trace, "", 60)
+	if err != nil || len(tr.Requests) < 19000 {
+		t.Fatalf("default trace: %d requests, %v", len(tr.Requests), err)
 	}
 }

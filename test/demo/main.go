@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/inflight-dev/inflight/scaling/sim"
+	"github.com/inflight-dev/inflight/scaling/sim/traces"
 	"github.com/inflight-dev/inflight/test/controlplane"
 	"github.com/inflight-dev/inflight/test/demo/replay"
 )
@@ -68,7 +69,7 @@ type Options struct {
 
 func defaultOptions(root string) Options {
 	return Options{
-		Trace:      filepath.Join(root, "..", "shared", "traces", "azure-llm-2023-conv.csv"),
+		Trace:      traces.AzureConv,
 		Speed:      20,
 		Minutes:    60,
 		Initial:    8,
@@ -81,7 +82,7 @@ func defaultOptions(root string) Options {
 }
 
 func (o *Options) bind(fs *flag.FlagSet) {
-	fs.StringVar(&o.Trace, "trace", o.Trace, "request trace (TIMESTAMP,ContextTokens,GeneratedTokens)")
+	fs.StringVar(&o.Trace, "trace", o.Trace, "request trace: a built-in name ("+strings.Join(traces.Names(), ", ")+") or a CSV file (TIMESTAMP,ContextTokens,GeneratedTokens)")
 	fs.StringVar(&o.Shape, "shape", o.Shape, "replay a synthetic shape (step, ramp, flash-crowd, on-off, diurnal) drawn from the trace's requests instead of the trace itself")
 	fs.Float64Var(&o.Speed, "speed", o.Speed, "time compression: trace time, service times and cold starts run this many times faster")
 	fs.Float64Var(&o.Minutes, "minutes", o.Minutes, "replay only the first this many minutes of the trace")
@@ -149,14 +150,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 }
 
 func loadTrace(path, shape string, minutes float64) (sim.Trace, error) {
-	f, err := os.Open(path)
+	tr, err := traces.Load(path)
 	if err != nil {
-		return sim.Trace{}, fmt.Errorf("the demo replays the Azure LLM trace, expected at %s (../shared/traces/ beside the repository; -trace to point elsewhere): %w", path, err)
-	}
-	defer f.Close()
-	tr, err := sim.LoadCSV(filepath.Base(path), f)
-	if err != nil {
-		return sim.Trace{}, err
+		return sim.Trace{}, fmt.Errorf("-trace: %w", err)
 	}
 	if shape != "" {
 		var names []string
