@@ -99,7 +99,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.Float64Var(&o.KubeQPS, "kube-qps", o.KubeQPS, "client-side rate limit of API requests per second")
 	fs.IntVar(&o.KubeBurst, "kube-burst", o.KubeBurst, "client-side burst of API requests")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "on SIGTERM, how long to wait for the last tick and the Lease release")
-	o.Log.Bind(fs)
+	o.Log.AddFlags(fs)
 }
 
 // Validate reports every invalid option, naming the flag, the value and
@@ -154,7 +154,7 @@ func (o *Options) Validate() error {
 	if o.ShutdownTimeout <= 0 || o.ShutdownTimeout > 5*time.Minute {
 		bad("shutdown-timeout", o.ShutdownTimeout, "> 0 and ≤ 5m")
 	}
-	errs = append(errs, o.Log.Validate()...)
+	errs = append(errs, o.Log.Validate())
 	return errors.Join(errs...)
 }
 
