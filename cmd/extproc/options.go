@@ -33,7 +33,7 @@ func DefaultOptions() Options {
 		ReplicaName:  name,
 		MaxTargets:   1000,
 		DrainTimeout: 25 * time.Second,
-		Log:          logging.Defaults(),
+		Log:          logging.DefaultOptions(),
 	}
 }
 
@@ -44,7 +44,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "name of this replica in snapshots (default: $POD_NAME, else the host name)")
 	fs.IntVar(&o.MaxTargets, "max-targets", o.MaxTargets, "bound on distinct targets; requests for further ones count under reason=\"overflow\"")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may finish before they are cut")
-	o.Log.Bind(fs)
+	o.Log.AddFlags(fs)
 }
 
 // Validate reports every invalid option, naming the flag, the value and
@@ -68,6 +68,6 @@ func (o *Options) Validate() error {
 	if o.DrainTimeout < 0 || o.DrainTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 10m", o.DrainTimeout))
 	}
-	errs = append(errs, o.Log.Validate()...)
+	errs = append(errs, o.Log.Validate())
 	return errors.Join(errs...)
 }
