@@ -82,8 +82,10 @@ type Config struct {
 	// means one cold-start lead: keeping an idle replica longer than it
 	// takes to bring one back costs more than bringing it back would.
 	ScaleDownDelay time.Duration
-	// MaxScaleUpRate caps one decision at ceil(rate × current) replicas;
-	// MaxScaleDownRate floors it at floor(current / rate).
+	// MaxScaleUpRate caps the replicas requested at rate × the ready ones
+	// (at least 1): replicas still starting count against it, so the count
+	// grows at most ×rate per cold start, not per tick. MaxScaleDownRate
+	// floors one decision at floor(current / rate).
 	MaxScaleUpRate, MaxScaleDownRate float64
 	// ColdStart is the expected time from a scale-up to a ready replica;
 	// 0 means "learn it" (Observation.ColdStart, else DefaultColdStartLead).
@@ -220,7 +222,7 @@ var annotationTable = []annotation{
 		meaning: "no scale-down until demand has stayed lower this long; `cold-start` = one cold start (the ski-rental break-even: an idle replica kept longer than it takes to bring one back costs more than bringing it back)",
 		field:   func(c *Config) any { return &c.ScaleDownDelay }},
 	{name: AnnMaxScaleUpRate, kind: kindNumber, lo: 1, loOpen: true, hi: 1000, def: "10", defValue: DefaultMaxScaleUpRate,
-		meaning: "one decision at most ×rate the current replicas",
+		meaning: "replicas requested at most rate × ready replicas (at least 1): those still starting count, so the count grows at most ×rate per cold start, not per tick",
 		field:   func(c *Config) any { return &c.MaxScaleUpRate }},
 	{name: AnnMaxScaleDownRate, kind: kindNumber, lo: 1, loOpen: true, hi: 1000, def: "2", defValue: DefaultMaxScaleDownRate,
 		meaning: "one decision at least current ÷ rate",
