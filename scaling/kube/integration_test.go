@@ -106,7 +106,7 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 	a.SetInFlight(e.ns, "bad", "bad-1", 6, time.Second)
 
 	eventually(t, 30*time.Second, "Warning Event for inflight.dev/target", func() bool {
-		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "a number > 0") != nil
+		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "a number between 0.01 and 1e6") != nil
 	})
 	if ev := findEvent(e.events("bad"), ReasonInvalidConfig); ev.Type != "Warning" {
 		t.Errorf("event type = %s, want Warning", ev.Type)
