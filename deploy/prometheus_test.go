@@ -400,6 +400,7 @@ func substitute(expr string) string {
 // control plane (and without INFLIGHT_REQUIRE_CONTROLPLANE=1) the
 // controller's queries are reported unchecked.
 func TestDashboardQueriesOnRealPrometheus(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	promBin := requireTool(t, "prometheus")
 	ds := loadDashboards(t)
 	queries := dashboardQueries(t, ds)

@@ -70,7 +70,7 @@ func DefaultOptions() Options {
 		TLSKey:            "/etc/istio-output-certs/key.pem",
 		TLSRootCert:       "/etc/istio-output-certs/root-cert.pem",
 		TLSReloadInterval: 10 * time.Second,
-		Log:               logging.Defaults(),
+		Log:               logging.DefaultOptions(),
 	}
 }
 

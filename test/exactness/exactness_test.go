@@ -14,11 +14,12 @@ import (
 
 	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/envoy/envoytest"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 var (
 	seedFlag = flag.Uint64("exactness.seed", 0, "seed (0: from $INFLIGHT_EXACTNESS_SEED, else the clock)")
-	nFlag    = flag.Int("exactness.n", 0, "requests (0: 100,000; 10,000 with -short)")
+	nFlag    = flag.Int("exactness.n", 0, "requests (0: 100,000 with INFLIGHT_LONG=1, else 10,000)")
 	concFlag = flag.Int("exactness.concurrency", 32, "concurrent HTTP requests")
 )
 
@@ -100,9 +101,9 @@ func TestExactness(t *testing.T) {
 	})
 	n := *nFlag
 	if n == 0 {
-		n = 100_000
-		if testing.Short() {
-			n = 10_000
+		n = 10_000 // the inner loop; full size in the long tier
+		if testutil.Long() && !testing.Short() {
+			n = 100_000
 		}
 	}
 	reps := envoytest.Start(t, 3)

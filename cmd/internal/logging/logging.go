@@ -1,6 +1,7 @@
 // Package logging is the zap set-up shared by inflight's binaries: the
 // --log-level and --log-format flags, their validation and the logger. It
-// holds no state; each binary builds its own logger from its Options.
+// holds no state; each binary embeds Options in its own and builds its
+// logger from it.
 package logging
 
 import (
@@ -19,8 +20,8 @@ type Options struct {
 	Format string // json (production) or console
 }
 
-// Defaults are JSON logs at info level.
-func Defaults() Options { return Options{Level: "info", Format: "json"} }
+// DefaultOptions are JSON logs at info level.
+func DefaultOptions() Options { return Options{Level: "info", Format: "json"} }
 
 // AddFlags registers --log-level and --log-format on fs.
 func (o *Options) AddFlags(fs *flag.FlagSet) {
@@ -28,8 +29,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Format, "log-format", o.Format, "json or console")
 }
 
-// Validate reports every invalid flag at once (errors.Join), naming it,
-// its value and what is allowed.
+// Validate reports every invalid flag at once, naming it, its value and
+// what is allowed.
 func (o Options) Validate() error {
 	var errs []error
 	if _, err := zapcore.ParseLevel(o.Level); err != nil {

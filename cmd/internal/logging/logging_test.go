@@ -7,7 +7,7 @@ import (
 )
 
 func TestAddFlagsValidateNew(t *testing.T) {
-	o := Defaults()
+	o := DefaultOptions()
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	o.AddFlags(fs)
 	if err := fs.Parse([]string{"--log-level=warn", "--log-format=console"}); err != nil {
@@ -25,8 +25,13 @@ func TestAddFlagsValidateNew(t *testing.T) {
 	}
 	bad := Options{Level: "loud", Format: "xml"}
 	err = bad.Validate()
-	if err == nil || !strings.Contains(err.Error(), `--log-level="loud"`) || !strings.Contains(err.Error(), `--log-format="xml"`) {
-		t.Fatalf("want both flags reported at once, got %v", err)
+	if err == nil {
+		t.Fatal("no error for two invalid flags")
+	}
+	// Every error at once, one line each.
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `--log-level="loud"`) || !strings.Contains(lines[1], `--log-format="xml"`) {
+		t.Fatalf("errors %q", lines)
 	}
 	if _, err := bad.New(); err == nil {
 		t.Fatal("New accepted an invalid level")
