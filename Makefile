@@ -9,7 +9,7 @@ export KUBEBUILDER_ASSETS := $(CONTROLPLANE_BIN)
 
 ## test: everything CI checks (builds the test control plane once, cached in .cache/)
 test: deps controlplane lint race
-	INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -count=1 -timeout 45m ./...
+	INFLIGHT_REQUIRE_CONTROLPLANE=1 INFLIGHT_LONG=1 $(GO) test -count=1 -timeout 45m ./...
 
 ## deps: Debian's prometheus/promtool (dashboard and alert checks), installed when missing
 deps:
@@ -37,6 +37,8 @@ race:
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzResolve -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzLastXFCCElement -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzParseSPIFFE -fuzztime $(FUZZTIME) ./mesh
 	$(GO) test -run XXX -fuzz FuzzProcess -fuzztime $(FUZZTIME) ./extproc
 
 ## build: the binaries into bin/

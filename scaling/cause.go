@@ -30,7 +30,8 @@ const (
 	CauseColdStartCap
 	// CauseScaleDownDelay: a scale-down waits for scale-down-delay.
 	CauseScaleDownDelay
-	// CauseRateCap: max-scale-up-rate or max-scale-down-rate bound the step.
+	// CauseRateCap: max-scale-up-rate (× the ready replicas: a cap in
+	// time) or max-scale-down-rate bound the step.
 	CauseRateCap
 	// CauseStale: the newest observation is too old: no scale-down.
 	CauseStale
@@ -42,6 +43,9 @@ const (
 	// CauseMinReplicas and CauseMaxReplicas: the bounds clamped the count.
 	CauseMinReplicas
 	CauseMaxReplicas
+	// CauseHysteresis: the demand is within Hysteresis of the current
+	// count, which is kept.
+	CauseHysteresis
 	numCauses
 )
 
@@ -53,12 +57,13 @@ var causeInfo = [numCauses]struct{ label, msg string }{
 	CauseFalling:        {"falling", "in-flight is falling: no scale-up"},
 	CauseColdStartCap:   {"cold_start_cap", "replicas are starting: scale-up capped at what arrives by the time they are ready"},
 	CauseScaleDownDelay: {"scale_down_delay", "holding for the scale-down delay"},
-	CauseRateCap:        {"rate_cap", "capped by max-scale-up-rate or max-scale-down-rate"},
+	CauseRateCap:        {"rate_cap", "capped by max-scale-up-rate (× ready replicas) or max-scale-down-rate"},
 	CauseStale:          {"stale", "data is stale: no scale-down"},
 	CausePartial:        {"partial", "data is partial: no scale-down"},
 	CauseWarmingUp:      {"warming_up", "less than one window of data: no scale-down"},
 	CauseMinReplicas:    {"min_replicas", "held at min-replicas"},
 	CauseMaxReplicas:    {"max_replicas", "held at max-replicas"},
+	CauseHysteresis:     {"hysteresis", "demand within the hysteresis band of the current count: kept"},
 }
 
 // Causes lists every cause, for pre-creating metric series.

@@ -59,6 +59,7 @@ func TestCauses(t *testing.T) {
 			return load{conc: 4, ready: 10, requested: 10, skipObserve: i >= 55}
 		}, CauseStale},
 		{"min-replicas", func(c *Config) { c.MinReplicas = 3 }, noTrend.Without(Burst).Without(Stabilization), 4, 3, 60, steady(1, 3), CauseMinReplicas},
+		{"hysteresis", func(c *Config) { c.Target = 10; c.ScaleDownDelay = 0 }, noTrend.Without(Burst), 90, 9, 120, steady(79.8, 9), CauseHysteresis},
 		{"max-replicas", func(c *Config) { c.MaxReplicas = 6 }, noTrend.Without(Burst).Without(Stabilization), 4, 1, 10, steady(400, 1), CauseMaxReplicas},
 	}
 	for _, c := range cases {

@@ -167,6 +167,13 @@ type Decision struct {
 	Panicking                                         bool
 }
 
+// Hysteresis is the relative band around the current count within which
+// the demand does not change it (part of the Stabilization ingredient): a
+// scale-up must still be needed with the demand 5 % lower, a scale-down
+// with it 5 % higher. A steady demand at an exact multiple of the target,
+// read with ±1 % noise, then keeps one count.
+const Hysteresis = 0.05
+
 // StaleAfter is how old the newest observation may be before the data
 // counts as missing (three missed 1 s ticks).
 const StaleAfter = 3 * time.Second
@@ -416,10 +423,12 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 //     capped at what the observed arrival rate and the per-replica
 //     throughput of the ready replicas need (plus draining the backlog over
 //     one cold start), never below the replicas already requested;
-//  5. stabilization: a scale-down goes no lower than the highest
+//  5. stabilization: the count moves only when the demand is more than
+//     Hysteresis away from it; a scale-down goes no lower than the highest
 //     recommendation of the last ScaleDownDelay (by default one cold-start
-//     lead, see ScaleDownDelayColdStart); one decision moves at most
-//     ×MaxScaleUpRate up and ÷MaxScaleDownRate down;
+//     lead, see ScaleDownDelayColdStart); replicas requested stay within
+//     MaxScaleUpRate × the ready ones (a cap in time: starting replicas
+//     count), and one decision moves at most ÷MaxScaleDownRate down;
 //  6. fail-safe: with a partial or stale observation in the window, or
 //     less than a full window of data since the autoscaler started, it does
 //     not scale down.
@@ -507,6 +516,23 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	d.PredictedDemand = demand
 	want := ceilReplicas(demand / target)
 	note("in-flight %.1f, target %g per replica", demand, target)
+	if f.On(Stabilization) {
+		// Hysteresis: a scale-up must hold with the demand Hysteresis
+		// lower, a scale-down with it Hysteresis higher, so a demand that
+		// sits at an exact multiple of the target does not flap.
+		switch {
+		case want > cur && ceilReplicas(demand/(1+Hysteresis)/target) <= cur:
+			want, cause = cur, CauseHysteresis
+			note("within %.0f %% of %d replicas: hold", 100*Hysteresis, cur)
+		case want < cur:
+			if w := ceilReplicas(demand * (1 + Hysteresis) / target); w >= cur {
+				want, cause = cur, CauseHysteresis
+				note("within %.0f %% of %d replicas: hold", 100*Hysteresis, cur)
+			} else {
+				want = w
+			}
+		}
+	}
 
 	if falling && want > cur && !a.panicking {
 		want, cause = cur, CauseFalling
@@ -564,11 +590,14 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 				note("holding for scale-down-delay %v", a.downDelay)
 			}
 		}
-		upCap := int32(math.Ceil(cfg.MaxScaleUpRate * float64(max(1, cur))))
+		// The up cap is relative to the ready replicas: those still
+		// starting count against it, so the count grows at most ×rate per
+		// cold start, not ×rate per tick.
+		upCap := max(cur, ceilReplicas(cfg.MaxScaleUpRate*float64(max(1, o.Ready))))
 		downFloor := int32(math.Floor(float64(cur) / cfg.MaxScaleDownRate))
 		if want > upCap {
 			want, cause = upCap, CauseRateCap
-			note("capped by max-scale-up-rate %g", cfg.MaxScaleUpRate)
+			note("capped by max-scale-up-rate %g × %d ready", cfg.MaxScaleUpRate, max(1, o.Ready))
 		}
 		if want < downFloor {
 			want, cause = downFloor, CauseRateCap

@@ -21,11 +21,12 @@ import (
 
 	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/envoy/envoytest"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 var (
 	seedFlag = flag.Uint64("exactness.seed", 0, "seed (0: from $INFLIGHT_EXACTNESS_SEED, else the clock)")
-	nFlag    = flag.Int("exactness.n", 0, "requests (0: 100,000; 10,000 with -short)")
+	nFlag    = flag.Int("exactness.n", 0, "requests (0: 100,000 with INFLIGHT_LONG=1, else 10,000)")
 	concFlag = flag.Int("exactness.concurrency", 32, "concurrent HTTP requests")
 )
 
@@ -391,7 +392,8 @@ func upper(b *bounds) string {
 	return fmt.Sprintf("%9.4f", b.upper)
 }
 
-// TestExactness runs 100,000 seeded requests (10,000 with -short) on the
+// TestExactness runs 10,000 seeded requests (100,000 in the long tier,
+// INFLIGHT_LONG=1, unless -short) on the
 // shipped modes of every profile × proxy generation, through three real
 // extproc replicas, and requires no violation.
 func TestExactness(t *testing.T) {
@@ -399,9 +401,9 @@ func TestExactness(t *testing.T) {
 	t.Logf("seed %d (rerun with -exactness.seed=%d)", sd, sd)
 	n := *nFlag
 	if n == 0 {
-		n = 100_000
-		if testing.Short() {
-			n = 10_000
+		n = 10_000 // the inner loop; full size in the long tier
+		if testutil.Long() && !testing.Short() {
+			n = 100_000
 		}
 	}
 	o := run(t, spec{n: n, concurrency: *concFlag, seed: sd, drain: 30 * time.Second})

@@ -256,7 +256,7 @@ func run(args []string, out io.Writer) error {
 		Concurrency: o.concurrency, Duration: o.duration.String()}
 	servers := []server{
 		{"extproc", func(g, a string) []string {
-			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error"}
+			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error", "--caller-identity", "trust-attributes"}
 		}},
 		{"null", func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
 	}
