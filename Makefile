@@ -9,7 +9,7 @@ export KUBEBUILDER_ASSETS := $(CONTROLPLANE_BIN)
 
 ## test: everything CI checks (builds the test control plane once, cached in .cache/)
 test: deps controlplane lint race test-nested
-	INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -count=1 -timeout 45m ./...
+	INFLIGHT_REQUIRE_CONTROLPLANE=1 INFLIGHT_LONG=1 $(GO) test -count=1 -timeout 45m ./...
 
 ## test-nested: the nested test modules (their dependency graphs stay out of go.mod): test/helm (the Helm chart)
 NESTED := test/helm
@@ -42,15 +42,17 @@ race:
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzResolve -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzLastXFCCElement -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzParseSPIFFE -fuzztime $(FUZZTIME) ./mesh
 	$(GO) test -run XXX -fuzz FuzzProcess -fuzztime $(FUZZTIME) ./extproc
 
 ## build: the binaries into bin/
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-## bench: extproc against a CONTINUE-only null processor, same load, alternating rounds (≈ 3½ min)
+## bench: extproc against a CONTINUE-only null processor on the shipped modes of both profiles at 1, 50, 200 and 1,000 response chunks, same load, alternating rounds (≈ 8 min)
 bench:
-	$(GO) run ./test/loadgen -duration 20s -concurrency 64 -rounds 3
+	$(GO) run ./test/loadgen -duration 5s -concurrency 64 -rounds 3 -profiles observe,control -chunks 1,50,200,1000
 	$(GO) test -run XXX -bench . -benchtime 20000x ./extproc
 	$(GO) test -run XXX -bench Decide ./scaling
 	$(GO) test -run XXX -bench Tick -benchtime 20x ./scaling/kube

@@ -53,7 +53,10 @@ type envelope struct {
 //   - failure_mode_allow is true, the gRPC service is Istio's outbound
 //     cluster of a Service with an authority, message_timeout is set;
 //   - the request attributes are exactly mesh.RequestAttributes();
-//   - the end of a request is signalled for that generation's Envoy.
+//   - the end of a request is exact, or bounded by a short deferred close in
+//     observability mode, for that generation's Envoy: response headers and
+//     trailers SEND, request body NONE, response body NONE or STREAMED, no
+//     mode override (package doc).
 func Check(doc []byte) (*Checked, error) {
 	js, err := yaml.YAMLToJSON(doc)
 	if err != nil {
@@ -174,8 +177,11 @@ func checkPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (CheckedPatch,
 }
 
 // CheckProcessor checks what counting requires of one ext_proc
-// configuration on a proxy of generation g (see Check).
-func CheckProcessor(ep *extprocv3.ExternalProcessor, g Generation) error {
+// configuration on a proxy of the given generation (see Check). The rules happen to
+// be the same for every generation today: response trailers SEND is what
+// keeps a body-NONE stream open to the request's end on Envoy ≥ 1.37, and it
+// is required everywhere because trailers also end gRPC responses.
+func CheckProcessor(ep *extprocv3.ExternalProcessor, _ Generation) error {
 	if !ep.GetFailureModeAllow() {
 		return errors.New("failure_mode_allow: false; inference must never fail because the counter is down")
 	}
@@ -204,26 +210,36 @@ func CheckProcessor(ep *extprocv3.ExternalProcessor, g Generation) error {
 		return errors.New("processing_mode.request_header_mode: SKIP; request headers are the start of a request")
 	}
 	if h := m.GetResponseHeaderMode(); h == extprocv3.ProcessingMode_SKIP {
-		return errors.New("processing_mode.response_header_mode: SKIP; a response without body ends at its headers")
+		return errors.New("processing_mode.response_header_mode: SKIP; a response without body ends at its headers (and on Envoy ≥ 1.37 an unprocessed response path closes the stream at response headers)")
 	}
-	switch m.GetResponseBodyMode() {
-	case extprocv3.ProcessingMode_STREAMED:
-		// end_of_stream of the last chunk is the end.
-	case extprocv3.ProcessingMode_NONE:
-		switch {
-		case g.EarlyStreamClose:
-			return fmt.Errorf("processing_mode.response_body_mode: NONE on Envoy %s closes the stream after the response headers; want STREAMED", g.Envoy)
-		case ep.GetObservabilityMode():
-			return errors.New("processing_mode.response_body_mode: NONE in observability mode: the end would be seen only deferred_close_timeout late; want STREAMED")
-		}
-	default:
-		return fmt.Errorf("processing_mode.response_body_mode: %s; want STREAMED, or NONE before Envoy 1.37 outside observability mode", m.GetResponseBodyMode())
+	if m.GetResponseTrailerMode() != extprocv3.ProcessingMode_SEND {
+		return fmt.Errorf("processing_mode.response_trailer_mode: %s; want SEND: trailers end gRPC (trailer-terminated) responses, and on Envoy ≥ 1.37 a body NONE without trailers SEND closes the stream right after the response headers reply", m.GetResponseTrailerMode())
 	}
 	if m.GetRequestBodyMode() != extprocv3.ProcessingMode_NONE {
 		return fmt.Errorf("processing_mode.request_body_mode: %s; request bodies (prompts) must not be sent", m.GetRequestBodyMode())
 	}
-	if ep.GetObservabilityMode() && ep.GetDeferredCloseTimeout() == nil {
-		return errors.New("deferred_close_timeout: unset in observability mode (Envoy's default 5 s delays every abort's end); set it low")
+	switch b := m.GetResponseBodyMode(); b {
+	case extprocv3.ProcessingMode_NONE:
+		// The end is the response headers' end_of_stream, the trailers, or
+		// the stream's end, which trailers SEND keeps at the HTTP stream's
+		// end on every generation (package doc).
+	case extprocv3.ProcessingMode_STREAMED:
+		// Exact (end_of_stream of the last chunk) but one message per
+		// response chunk: allowed, not rendered.
+	default:
+		return fmt.Errorf("processing_mode.response_body_mode: %s; want NONE (rendered) or STREAMED: BUFFERED modes hold the whole response in Envoy and are excluded from Envoy 1.37's close rules, FULL_DUPLEX_STREAMED turns failure_mode_allow off once body flowed", b)
+	}
+	if ep.GetAllowModeOverride() {
+		return errors.New("allow_mode_override: true; a reply's mode_override could switch the response path to body NONE with trailers SKIP, which ends the stream early on Envoy ≥ 1.37")
+	}
+	if ep.GetObservabilityMode() {
+		d := ep.GetDeferredCloseTimeout()
+		if d == nil {
+			return errors.New("deferred_close_timeout: unset in observability mode (Envoy's default 5 s would delay every bodied response's end by 5 s); set it low")
+		}
+		if dd := d.AsDuration(); dd < MinDeferredCloseTimeout || dd > MaxDeferredCloseTimeout {
+			return fmt.Errorf("deferred_close_timeout: %s; want %s to %s: in observability mode every response with a body and no trailers ends this late", dd, MinDeferredCloseTimeout, MaxDeferredCloseTimeout)
+		}
 	}
 	return nil
 }

@@ -162,8 +162,13 @@ func TestCheckRejects(t *testing.T) {
 		{"wrong type", "ext_proc.v3.ExternalProcessor", "ext_authz.v3.ExtAuthz", false, "@type"},
 		{"invalid by ValidateAll", "message_timeout: 0.200s", "message_timeout: 7200s", false, "ValidateAll"},
 		{"cluster not outbound", "cluster_name: outbound|", "cluster_name: inbound|", true, "cluster_name"},
-		{"no end signal on 1.37", "response_body_mode: STREAMED", "response_body_mode: NONE", false, "STREAMED"},
-		{"buffered body", "response_body_mode: STREAMED", "response_body_mode: BUFFERED", false, "BUFFERED"},
+		{"trailers skipped", "response_trailer_mode: SEND", "response_trailer_mode: SKIP", false, "response_trailer_mode"},
+		{"trailers default", "response_trailer_mode: SEND", "response_trailer_mode: DEFAULT", false, "response_trailer_mode"},
+		{"response headers skipped", "response_header_mode: SEND", "response_header_mode: SKIP", false, "response_header_mode"},
+		{"buffered body", "response_body_mode: NONE", "response_body_mode: BUFFERED", false, "BUFFERED"},
+		{"full duplex body", "response_body_mode: NONE", "response_body_mode: FULL_DUPLEX_STREAMED", false, "FULL_DUPLEX_STREAMED"},
+		{"request body sent", "request_body_mode: NONE", "request_body_mode: STREAMED", false, "request_body_mode"},
+		{"mode override", "failure_mode_allow: true", "failure_mode_allow: true\n          allow_mode_override: true", false, "allow_mode_override"},
 		{"overlapping versions", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ^1\..*$`, false, "exactly one"},
 		{"unpinned patch", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ""`, false, "proxyVersion"},
 		{"empty selector", "app: vllm", "{}", false, "workloadSelector"},
@@ -184,6 +189,30 @@ func TestCheckRejects(t *testing.T) {
 				t.Fatalf("Check = %v, want an error mentioning %q", err, tc.wantErr)
 			}
 		})
+	}
+	// STREAMED bodies are exact too (one message per chunk): accepted.
+	if _, err := Check([]byte(strings.Replace(doc, "response_body_mode: NONE", "response_body_mode: STREAMED", -1))); err != nil {
+		t.Errorf("STREAMED response body rejected: %v", err)
+	}
+	// Observability mode: the deferred close is the end bias, so it must be
+	// set and short.
+	obs, err := Render(Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Check(obs); err != nil {
+		t.Fatalf("observe base does not pass: %v", err)
+	}
+	for name, mut := range map[string]string{
+		"deferred close unset":    strings.Replace(string(obs), "          deferred_close_timeout: 0.100s\n", "", 1),
+		"deferred close too long": strings.Replace(string(obs), "deferred_close_timeout: 0.100s", "deferred_close_timeout: 5s", 1),
+	} {
+		if mut == string(obs) {
+			t.Fatalf("%s: mutation did not apply", name)
+		}
+		if _, err := Check([]byte(mut)); err == nil || !strings.Contains(err.Error(), "deferred_close_timeout") {
+			t.Errorf("%s: Check = %v, want a deferred_close_timeout error", name, err)
+		}
 	}
 	// A filter with one generation's patch removed fails coverage.
 	c, _ := Check(base)
@@ -236,10 +265,10 @@ func TestProfiles(t *testing.T) {
 		g    Generation
 		want want
 	}{
-		{ProfileObserve, gens[0], want{true, extprocv3.ProcessingMode_STREAMED}},
-		{ProfileObserve, gens[1], want{true, extprocv3.ProcessingMode_STREAMED}},
+		{ProfileObserve, gens[0], want{true, extprocv3.ProcessingMode_NONE}},
+		{ProfileObserve, gens[1], want{true, extprocv3.ProcessingMode_NONE}},
 		{ProfileControl, gens[0], want{false, extprocv3.ProcessingMode_NONE}},
-		{ProfileControl, gens[1], want{false, extprocv3.ProcessingMode_STREAMED}},
+		{ProfileControl, gens[1], want{false, extprocv3.ProcessingMode_NONE}},
 	}
 	for _, tc := range cases {
 		ep := ExternalProcessor(Options{Namespace: "m", Selector: map[string]string{"a": "b"}, Profile: tc.p}, tc.g)
@@ -247,8 +276,9 @@ func TestProfiles(t *testing.T) {
 		if ep.GetObservabilityMode() != tc.want.obs || m.GetResponseBodyMode() != tc.want.body {
 			t.Errorf("%s/%s: observability %v body %s, want %v %s", tc.p, tc.g.Name, ep.GetObservabilityMode(), m.GetResponseBodyMode(), tc.want.obs, tc.want.body)
 		}
-		if m.GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND || m.GetResponseHeaderMode() != extprocv3.ProcessingMode_SEND {
-			t.Errorf("%s/%s: headers not SEND: %v", tc.p, tc.g.Name, m)
+		if m.GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND || m.GetResponseHeaderMode() != extprocv3.ProcessingMode_SEND ||
+			m.GetResponseTrailerMode() != extprocv3.ProcessingMode_SEND || m.GetRequestBodyMode() != extprocv3.ProcessingMode_NONE {
+			t.Errorf("%s/%s: want headers and response trailers SEND, request body NONE: %v", tc.p, tc.g.Name, m)
 		}
 		if !ep.GetFailureModeAllow() {
 			t.Errorf("%s/%s: not fail-open", tc.p, tc.g.Name)
@@ -281,6 +311,7 @@ func TestOptionsValidate(t *testing.T) {
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, Profile: "fast"}, "--profile"},
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, MessageTimeout: time.Hour}, "--message-timeout"},
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, DeferredCloseTimeout: time.Minute}, "--deferred-close-timeout"},
+		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, DeferredCloseTimeout: time.Millisecond}, "--deferred-close-timeout"},
 		{Options{Gateway: true, Port: 80}, "--port"},
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, ExtprocPort: 70000}, "--extproc-port"},
 	}

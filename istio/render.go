@@ -47,12 +47,19 @@ const (
 	DefaultMessageTimeout = 200 * time.Millisecond
 	// DefaultDeferredCloseTimeout is how long, in observability mode, Envoy
 	// keeps an ext_proc stream open after its HTTP request is gone (Envoy's
-	// default is 5 s). A request whose end is seen only as the stream's end
-	// (a client abort, an upstream reset) is counted in flight that much
-	// longer, inflating in-flight by arrival rate × this delay for such
-	// requests; normal ends are seen from the response itself. 1 s leaves
-	// ample time for queued messages to reach the extproc.
-	DefaultDeferredCloseTimeout = time.Second
+	// default is 5 s). In the observe profile every response that has a body
+	// and no trailers ends only there (the body is not sent: see the package
+	// doc), so this is that profile's end bias: in-flight reads high by
+	// arrival rate × this delay (0.1 per 1 req/s), busy-seconds by
+	// requests × this delay. It only has to outlast the start of the
+	// stream's own HTTP/2 stream: Envoy writes queued messages before the
+	// reset (ENVOY.md §2), and a request shorter than a cold connection's
+	// setup is at worst not counted at all, never leaked.
+	DefaultDeferredCloseTimeout = 100 * time.Millisecond
+	// MinDeferredCloseTimeout and MaxDeferredCloseTimeout bound
+	// --deferred-close-timeout (and what Check accepts).
+	MinDeferredCloseTimeout = 10 * time.Millisecond
+	MaxDeferredCloseTimeout = time.Second
 	// DefaultGatewayNamespace and the selector below address Istio's
 	// default ingress gateway.
 	DefaultGatewayNamespace = "istio-system"
@@ -209,8 +216,8 @@ func (o Options) Validate() error {
 	if o.MessageTimeout < time.Millisecond || o.MessageTimeout > 10*time.Second {
 		errs = append(errs, fmt.Errorf("--message-timeout=%s: want 1ms to 10s (it bounds the latency a slow extproc can add)", o.MessageTimeout))
 	}
-	if o.DeferredCloseTimeout < 100*time.Millisecond || o.DeferredCloseTimeout > 5*time.Second {
-		errs = append(errs, fmt.Errorf("--deferred-close-timeout=%s: want 100ms to 5s", o.DeferredCloseTimeout))
+	if o.DeferredCloseTimeout < MinDeferredCloseTimeout || o.DeferredCloseTimeout > MaxDeferredCloseTimeout {
+		errs = append(errs, fmt.Errorf("--deferred-close-timeout=%s: want %s to %s (observe profile: every response with a body ends this late)", o.DeferredCloseTimeout, MinDeferredCloseTimeout, MaxDeferredCloseTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -229,20 +236,27 @@ func (o Options) ClusterName() string {
 }
 
 // ExternalProcessor returns the ext_proc filter configuration of the
-// profile for a proxy generation.
+// profile for a proxy generation (the reasoning, with Envoy's source, is in
+// the package doc).
 //
-// Both profiles send request headers (the start), response headers (an end
-// when the response has no body) and response trailers (the end of gRPC and
-// other trailer-terminated responses). observe adds observability_mode and a
-// STREAMED response body (its end_of_stream is the end; the deferred close
-// is only the fallback for aborts). control waits for header replies; up to
-// Envoy 1.36 the stream lives until the HTTP request ends, so the response
-// body is not sent; from 1.37 the stream closes after the last expected
-// reply, so the response body is STREAMED for its end_of_stream.
+// Both profiles send request headers (the start), response headers (the end
+// of a bodiless response) and response trailers (the end of gRPC and other
+// trailer-terminated responses), and no body: O(1) messages per request,
+// whatever the response's length. Response trailers SEND also keeps the
+// stream of a bodied response open on Envoy ≥ 1.37 until the HTTP stream
+// ends, as it always was up to 1.36, so the stream's end is the request's.
+// observe adds observability_mode (Envoy never waits; the stream's close
+// comes deferred_close_timeout after the request: that profile's end bias);
+// control makes Envoy wait for the two header replies (each bounded by
+// message_timeout) and ends exactly.
 //
 // Only the x-request-id header is forwarded (forward_rules): the extproc
 // reads no header values, so no user data in headers leaves the proxy.
-func ExternalProcessor(o Options, g Generation) *extprocv3.ExternalProcessor {
+//
+// Both generations get the same modes today; the generation stays a
+// parameter because what each Envoy needs may differ (Check verifies each
+// patch against its own generation's close rules).
+func ExternalProcessor(o Options, _ Generation) *extprocv3.ExternalProcessor {
 	o.applyDefaults()
 	mode := &extprocv3.ProcessingMode{
 		RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
@@ -266,15 +280,9 @@ func ExternalProcessor(o Options, g Generation) *extprocv3.ExternalProcessor {
 			Patterns: []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "x-request-id"}}},
 		}},
 	}
-	switch o.Profile {
-	case ProfileControl:
-		if g.EarlyStreamClose {
-			mode.ResponseBodyMode = extprocv3.ProcessingMode_STREAMED
-		}
-	default:
+	if o.Profile != ProfileControl {
 		ep.ObservabilityMode = true
 		ep.DeferredCloseTimeout = durationpb.New(o.DeferredCloseTimeout)
-		mode.ResponseBodyMode = extprocv3.ProcessingMode_STREAMED
 	}
 	return ep
 }
@@ -334,6 +342,15 @@ func filterValue(ep *extprocv3.ExternalProcessor) (*structpb.Struct, error) {
 	tc := &structpb.Struct{}
 	if err := protojson.Unmarshal(js, tc); err != nil {
 		return nil, err
+	}
+	// protojson omits enum zero values; the body modes (NONE) are the heart
+	// of the profile, so they are written out for whoever reads the filter.
+	if pm := tc.GetFields()["processing_mode"].GetStructValue(); pm != nil {
+		for _, k := range []string{"request_body_mode", "response_body_mode"} {
+			if _, ok := pm.GetFields()[k]; !ok {
+				pm.Fields[k] = structpb.NewStringValue(extprocv3.ProcessingMode_NONE.String())
+			}
+		}
 	}
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		"name":         structpb.NewStringValue(FilterName),

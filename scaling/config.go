@@ -12,7 +12,9 @@ import (
 // AnnotationPrefix starts every annotation this package reads.
 const AnnotationPrefix = "inflight.dev/"
 
-// Annotation names (without the prefix), as in DESIGN.md § Per-service configuration.
+// Annotation names (without the prefix). The table that parses, validates
+// and documents them is annotationTable; README.md's table is checked
+// against it.
 const (
 	AnnTarget           = "target"
 	AnnMinReplicas      = "min-replicas"
@@ -25,6 +27,7 @@ const (
 	AnnMaxScaleDownRate = "max-scale-down-rate"
 	AnnColdStart        = "cold-start"
 	AnnMaxQueue         = "max-queue"
+	AnnHoldTimeout      = "hold-timeout"
 )
 
 // Defaults of the annotation table. Target has none: it is required.
@@ -37,11 +40,20 @@ const (
 	DefaultScaleDownDelay   = ScaleDownDelayColdStart
 	DefaultMaxScaleUpRate   = 10.0
 	DefaultMaxScaleDownRate = 2.0
+	// DefaultHoldTimeout bounds how long the extproc holds a request for a
+	// workload at zero: two default cold starts, and under the 5-minute
+	// stream idle and request timeouts that Istio's EDGE connection profile
+	// sets on gateways (a longer hold needs those raised).
+	DefaultHoldTimeout = 4 * time.Minute
 	// DefaultColdStartLead is the lead time used when neither the
 	// cold-start annotation nor a learned value is known: two minutes, the
 	// order of loading a model of several GB onto a GPU.
 	DefaultColdStartLead = 120 * time.Second
 )
+
+// MinTarget is the smallest target accepted: below it one request in
+// flight would ask for more than 100 replicas, which is never meant.
+const MinTarget = 0.01
 
 // ScaleDownDelayColdStart is the ScaleDownDelay that follows the cold
 // start (Config.ColdStart, else the learned one, else
@@ -50,23 +62,6 @@ const (
 // what knowing the future would have (pay for the idle time, or for the
 // GPU time of a start-up), whatever the load does next.
 const ScaleDownDelayColdStart time.Duration = -1
-
-// Allowed ranges. They are wide on purpose: they reject nonsense (negative,
-// NaN, a window of a millisecond), not unusual but legitimate settings.
-const (
-	maxTarget      = 1e6
-	maxReplicasCap = 100000
-	minWindow      = 6 * time.Second
-	maxWindow      = time.Hour
-	minPanicWindow = time.Second
-	minThreshold   = 1.1
-	maxThreshold   = 10.0
-	maxDelay       = time.Hour
-	minRate        = 1.0 // exclusive
-	maxRate        = 1000.0
-	maxColdStart   = time.Hour
-	maxQueueCap    = 1e6
-)
 
 // Config is the validated per-workload configuration. Build it with
 // ParseAnnotations (or DefaultConfig and Validate); a Config that failed
@@ -79,15 +74,18 @@ type Config struct {
 	MinReplicas, MaxReplicas int32
 	// Window is the stable averaging window; PanicWindow the burst window.
 	Window, PanicWindow time.Duration
-	// PanicThreshold: panic when short-window demand ≥ threshold × ready capacity.
+	// PanicThreshold: burst mode when short-window demand ≥ threshold ×
+	// ready capacity.
 	PanicThreshold float64
 	// ScaleDownDelay: no scale-down until demand has stayed lower this long.
 	// ScaleDownDelayColdStart (the default; annotation value "cold-start")
 	// means one cold-start lead: keeping an idle replica longer than it
 	// takes to bring one back costs more than bringing it back would.
 	ScaleDownDelay time.Duration
-	// MaxScaleUpRate caps one decision at ceil(rate × current) replicas;
-	// MaxScaleDownRate floors it at floor(current / rate).
+	// MaxScaleUpRate caps the replicas requested at rate × the ready ones
+	// (at least 1): replicas still starting count against it, so the count
+	// grows at most ×rate per cold start, not per tick. MaxScaleDownRate
+	// floors one decision at floor(current / rate).
 	MaxScaleUpRate, MaxScaleDownRate float64
 	// ColdStart is the expected time from a scale-up to a ready replica;
 	// 0 means "learn it" (Observation.ColdStart, else DefaultColdStartLead).
@@ -95,21 +93,35 @@ type Config struct {
 	// MaxQueue is the per-replica in-flight beyond which the extproc sheds
 	// load (control profile); 0 means off. The policy does not use it.
 	MaxQueue float64
+	// HoldTimeout is how long the extproc holds a request for a workload
+	// with no ready replica before answering 503 (edge contexts). The
+	// policy does not use it.
+	HoldTimeout time.Duration
 }
 
-// DefaultConfig returns the defaults of the annotation table with the given target.
+// DefaultConfig returns the defaults of the annotation table with the
+// given target.
 func DefaultConfig(target float64) Config {
-	return Config{
-		Target:           target,
-		MinReplicas:      DefaultMinReplicas,
-		MaxReplicas:      DefaultMaxReplicas,
-		Window:           DefaultWindow,
-		PanicWindow:      DefaultPanicWindow,
-		PanicThreshold:   DefaultPanicThreshold,
-		ScaleDownDelay:   DefaultScaleDownDelay,
-		MaxScaleUpRate:   DefaultMaxScaleUpRate,
-		MaxScaleDownRate: DefaultMaxScaleDownRate,
+	c := Config{}
+	for _, a := range annotationTable {
+		if a.def != "" {
+			a.set(&c, a.defValue)
+		}
 	}
+	c.Target = target
+	return c
+}
+
+// HasAnnotations reports whether ann holds any inflight.dev/ annotation:
+// the controller must look at such a Deployment even without a valid
+// target, to report what is wrong with it.
+func HasAnnotations(ann map[string]string) bool {
+	for k := range ann {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // FieldError is one invalid annotation: its full name, the value as
@@ -117,7 +129,7 @@ func DefaultConfig(target float64) Config {
 type FieldError struct {
 	Annotation string // full name, with the prefix
 	Value      string // as written ("" when missing)
-	Allowed    string // e.g. "a duration between 6s and 1h0m0s"
+	Allowed    string // e.g. "a duration between 6s and 1h"
 }
 
 func (e FieldError) Error() string {
@@ -141,137 +153,328 @@ func (e *ConfigError) Error() string {
 	return "invalid inflight configuration: " + strings.Join(parts, "; ")
 }
 
+// kind is the type of an annotation's value.
+type kind uint8
+
+const (
+	kindNumber   kind = iota // a finite float
+	kindInteger              // an int32
+	kindDuration             // a Go duration ("90s") or a bare number of seconds
+)
+
+// annotation is one row of the table: everything the parser, the
+// validator and the README know about one annotation.
+type annotation struct {
+	name string
+	kind kind
+	// lo, hi bound the value (seconds for durations); loOpen excludes lo.
+	lo, hi float64
+	loOpen bool
+	// word is a special value ("off", "learned", "cold-start"), stored
+	// as wordValue; "" if none.
+	word      string
+	wordValue float64
+	// def is the default as the README writes it ("" = required); defValue
+	// the value it stands for.
+	def      string
+	defValue float64
+	// also is a relation to another annotation, checked after the ranges
+	// (e.g. "≤ max-replicas"), for the README.
+	also    string
+	meaning string
+	// field returns a pointer to the Config field: *float64, *int32 or
+	// *time.Duration.
+	field func(*Config) any
+}
+
+const (
+	maxReplicasCap = 100000
+	hour           = float64(time.Hour / time.Second)
+)
+
+// annotationTable is the one definition of every annotation: name, kind,
+// range, special word, default and meaning. ParseAnnotations, Validate,
+// DefaultConfig and the README table (TestREADMEAnnotationTable) all come
+// from it.
+var annotationTable = []annotation{
+	{name: AnnTarget, kind: kindNumber, lo: MinTarget, hi: 1e6,
+		meaning: "requests in flight per replica to aim for; required: it enables inflight",
+		field:   func(c *Config) any { return &c.Target }},
+	{name: AnnMinReplicas, kind: kindInteger, lo: 0, hi: maxReplicasCap, def: "1", defValue: DefaultMinReplicas,
+		also:    "≤ max-replicas",
+		meaning: "lower bound; 0 allows scale to zero",
+		field:   func(c *Config) any { return &c.MinReplicas }},
+	{name: AnnMaxReplicas, kind: kindInteger, lo: 1, hi: maxReplicasCap, def: "10", defValue: DefaultMaxReplicas,
+		meaning: "upper bound",
+		field:   func(c *Config) any { return &c.MaxReplicas }},
+	{name: AnnWindow, kind: kindDuration, lo: 6, hi: hour, def: "60s", defValue: DefaultWindow.Seconds(),
+		meaning: "stable averaging window",
+		field:   func(c *Config) any { return &c.Window }},
+	{name: AnnPanicWindow, kind: kindDuration, lo: 1, hi: hour, def: "6s", defValue: DefaultPanicWindow.Seconds(),
+		also:    "≤ window",
+		meaning: "burst-detection window",
+		field:   func(c *Config) any { return &c.PanicWindow }},
+	{name: AnnPanicThreshold, kind: kindNumber, lo: 1.1, hi: 10, def: "2", defValue: DefaultPanicThreshold,
+		meaning: "burst mode when short-window demand ≥ threshold × ready capacity",
+		field:   func(c *Config) any { return &c.PanicThreshold }},
+	{name: AnnScaleDownDelay, kind: kindDuration, lo: 0, hi: hour, word: "cold-start",
+		wordValue: ScaleDownDelayColdStart.Seconds(), def: "cold-start", defValue: ScaleDownDelayColdStart.Seconds(),
+		meaning: "no scale-down until demand has stayed lower this long; `cold-start` = one cold start (the ski-rental break-even: an idle replica kept longer than it takes to bring one back costs more than bringing it back)",
+		field:   func(c *Config) any { return &c.ScaleDownDelay }},
+	{name: AnnMaxScaleUpRate, kind: kindNumber, lo: 1, loOpen: true, hi: 1000, def: "10", defValue: DefaultMaxScaleUpRate,
+		meaning: "replicas requested at most rate × ready replicas (at least 1): those still starting count, so the count grows at most ×rate per cold start, not per tick",
+		field:   func(c *Config) any { return &c.MaxScaleUpRate }},
+	{name: AnnMaxScaleDownRate, kind: kindNumber, lo: 1, loOpen: true, hi: 1000, def: "2", defValue: DefaultMaxScaleDownRate,
+		meaning: "one decision at least current ÷ rate",
+		field:   func(c *Config) any { return &c.MaxScaleDownRate }},
+	{name: AnnColdStart, kind: kindDuration, lo: 0, hi: hour, word: "learned", def: "learned",
+		meaning: "expected time from scale-up to a ready replica (0s = learned); learned from observed pod start-ups (created → Ready), 120 s until one is seen",
+		field:   func(c *Config) any { return &c.ColdStart }},
+	{name: AnnMaxQueue, kind: kindNumber, lo: 0, loOpen: true, hi: 1e6, word: "off", def: "off",
+		meaning: "validated and kept, but **not enforced yet**: load shedding in the control profile is not implemented",
+		field:   func(c *Config) any { return &c.MaxQueue }},
+	{name: AnnHoldTimeout, kind: kindDuration, lo: 1, hi: hour, def: "4m", defValue: DefaultHoldTimeout.Seconds(),
+		meaning: "how long a request to a workload at zero may be held at the edge before a 503 with `Retry-After`; validated and kept, **not enforced yet** (scale-from-zero holding is not implemented); 4m: two default cold starts, under the 5-minute timeouts of Istio's EDGE connection profile",
+		field:   func(c *Config) any { return &c.HoldTimeout }},
+}
+
+// enabling are the annotations of which at least one must be present.
+var enabling = []string{AnnTarget}
+
+func lookup(name string) *annotation {
+	for i := range annotationTable {
+		if annotationTable[i].name == name {
+			return &annotationTable[i]
+		}
+	}
+	return nil
+}
+
+// set stores v (seconds for a duration) in the field.
+func (a *annotation) set(c *Config, v float64) {
+	switch p := a.field(c).(type) {
+	case *float64:
+		*p = v
+	case *int32:
+		*p = int32(v)
+	case *time.Duration:
+		*p = secs(v)
+	}
+}
+
+// get returns the field's value (seconds for a duration) and whether it is
+// the special word's value.
+func (a *annotation) get(c *Config) (v float64, isWord bool) {
+	switch p := a.field(c).(type) {
+	case *float64:
+		v = *p
+	case *int32:
+		v = float64(*p)
+	case *time.Duration:
+		v = p.Seconds()
+	}
+	return v, a.word != "" && v == a.wordValue
+}
+
+// inRange reports whether v is within the row's range.
+func (a *annotation) inRange(v float64) bool {
+	if math.IsNaN(v) || v > a.hi {
+		return false
+	}
+	if a.loOpen {
+		return v > a.lo
+	}
+	return v >= a.lo
+}
+
+// allowed says what the row accepts, for errors and the README.
+func (a *annotation) allowed(short bool) string {
+	var r string
+	switch a.kind {
+	case kindNumber:
+		switch {
+		case short && a.loOpen:
+			r = fmt.Sprintf("> %s, ≤ %s", fmtNum(a.lo), fmtNum(a.hi))
+		case short:
+			r = fmt.Sprintf("%s – %s", fmtNum(a.lo), fmtNum(a.hi))
+		case a.loOpen:
+			r = fmt.Sprintf("a number > %s and ≤ %s", fmtNum(a.lo), fmtNum(a.hi))
+		default:
+			r = fmt.Sprintf("a number between %s and %s", fmtNum(a.lo), fmtNum(a.hi))
+		}
+	case kindInteger:
+		if short {
+			r = fmt.Sprintf("%s – %s", fmtNum(a.lo), fmtNum(a.hi))
+		} else {
+			r = fmt.Sprintf("an integer between %s and %s", fmtNum(a.lo), fmtNum(a.hi))
+		}
+	case kindDuration:
+		lo, hi := FormatDuration(secs(a.lo)), FormatDuration(secs(a.hi))
+		if short {
+			r = lo + " – " + hi
+		} else {
+			r = fmt.Sprintf(`a duration between %s and %s (e.g. "90s", "2m")`, lo, hi)
+		}
+	}
+	switch {
+	case a.word != "" && short:
+		r = "`" + a.word + "` or " + r
+	case a.word != "":
+		r = strconv.Quote(a.word) + " or " + r
+	}
+	return r
+}
+
+func secs(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
+
+// fmtNum writes x shortly: 0.01, 1.5, 1e6.
+func fmtNum(x float64) string {
+	return strings.Replace(strconv.FormatFloat(x, 'g', -1, 64), "e+0", "e", 1)
+}
+
+// FormatDuration writes d as time.Duration does, without zero units:
+// 1h, 4m, 1m30s, 100ms.
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// parse reads one value as written; ok is false when it is invalid.
+func (a *annotation) parse(v string) (float64, bool) {
+	if a.word != "" && v == a.word {
+		return a.wordValue, true
+	}
+	var x float64
+	switch a.kind {
+	case kindNumber:
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, false
+		}
+		x = f
+	case kindInteger:
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil {
+			return 0, false
+		}
+		x = float64(n)
+	case kindDuration:
+		d, err := time.ParseDuration(v)
+		if err == nil {
+			x = d.Seconds()
+		} else if f, ferr := strconv.ParseFloat(v, 64); ferr == nil && math.Abs(f) < 1e9 {
+			x = f // a bare number of seconds
+		} else {
+			return 0, false
+		}
+	}
+	return x, a.inRange(x)
+}
+
 // ParseAnnotations reads the inflight.dev/ annotations of a Deployment and
 // returns the configuration with defaults applied. Annotations without the
-// prefix are ignored; an unknown name under the prefix is an error (it is
-// almost always a typo of a known one). On error the returned Config is the
-// zero value and err is a *ConfigError naming every invalid annotation.
+// prefix are ignored; an unknown name under the prefix is an error naming
+// the known annotation it is probably a typo of; so is a set without
+// target. On error the returned Config is the zero value and
+// err is a *ConfigError naming every invalid annotation.
 func ParseAnnotations(ann map[string]string) (Config, error) {
-	p := parser{cfg: DefaultConfig(0)}
-	known := map[string]bool{}
-	for _, n := range annotationNames {
-		known[n] = true
+	cfg := DefaultConfig(0)
+	var errs []FieldError
+	fail := func(name, value, allowed string) {
+		errs = append(errs, FieldError{AnnotationPrefix + name, value, allowed})
 	}
-	for k, v := range ann {
+	enabled := false
+	for k, raw := range ann {
 		name, ok := strings.CutPrefix(k, AnnotationPrefix)
 		if !ok {
 			continue
 		}
-		if !known[name] {
-			p.fail(name, v, "one of "+AnnotationPrefix+"{"+strings.Join(annotationNames, ",")+"}")
+		a := lookup(name)
+		if a == nil {
+			fail(name, raw, unknownAllowed(name))
+			continue
 		}
-	}
-	get := func(name string) (string, bool) {
-		v, ok := ann[AnnotationPrefix+name]
-		return strings.TrimSpace(v), ok
-	}
-	if v, ok := get(AnnTarget); !ok {
-		p.fail(AnnTarget, "", targetRange)
-	} else {
-		p.cfg.Target = p.float(AnnTarget, v, 0, false, maxTarget, targetRange)
-	}
-	if v, ok := get(AnnMinReplicas); ok {
-		p.cfg.MinReplicas = p.int(AnnMinReplicas, v, 0, maxReplicasCap)
-	}
-	if v, ok := get(AnnMaxReplicas); ok {
-		p.cfg.MaxReplicas = p.int(AnnMaxReplicas, v, 1, maxReplicasCap)
-	}
-	if v, ok := get(AnnWindow); ok {
-		p.cfg.Window = p.duration(AnnWindow, v, minWindow, maxWindow)
-	}
-	if v, ok := get(AnnPanicWindow); ok {
-		p.cfg.PanicWindow = p.duration(AnnPanicWindow, v, minPanicWindow, maxWindow)
-	}
-	if v, ok := get(AnnPanicThreshold); ok {
-		p.cfg.PanicThreshold = p.float(AnnPanicThreshold, v, minThreshold, true, maxThreshold,
-			fmt.Sprintf("a number between %g and %g", minThreshold, maxThreshold))
-	}
-	if v, ok := get(AnnScaleDownDelay); ok && v != "cold-start" {
-		n := len(p.errs)
-		p.cfg.ScaleDownDelay = p.duration(AnnScaleDownDelay, v, 0, maxDelay)
-		if len(p.errs) > n {
-			p.errs[n].Allowed = `"cold-start" or ` + p.errs[n].Allowed
+		for _, e := range enabling {
+			enabled = enabled || name == e
 		}
+		v, ok := a.parse(strings.TrimSpace(raw))
+		if !ok {
+			fail(name, raw, a.allowed(false))
+			continue
+		}
+		a.set(&cfg, v)
 	}
-	rateRange := fmt.Sprintf("a number > %g and ≤ %g", minRate, maxRate)
-	if v, ok := get(AnnMaxScaleUpRate); ok {
-		p.cfg.MaxScaleUpRate = p.float(AnnMaxScaleUpRate, v, minRate, false, maxRate, rateRange)
+	if !enabled {
+		fail(AnnTarget, "", lookup(AnnTarget).allowed(false)+" (requests in flight per replica): it enables inflight")
 	}
-	if v, ok := get(AnnMaxScaleDownRate); ok {
-		p.cfg.MaxScaleDownRate = p.float(AnnMaxScaleDownRate, v, minRate, false, maxRate, rateRange)
+	if len(errs) == 0 {
+		errs = cfg.crossErrors()
 	}
-	if v, ok := get(AnnColdStart); ok && v != "learned" {
-		p.cfg.ColdStart = p.duration(AnnColdStart, v, 0, maxColdStart)
+	if len(errs) > 0 {
+		sort.Slice(errs, func(i, j int) bool { return errs[i].Annotation < errs[j].Annotation })
+		return Config{}, &ConfigError{Fields: errs}
 	}
-	if v, ok := get(AnnMaxQueue); ok && v != "off" {
-		p.cfg.MaxQueue = p.float(AnnMaxQueue, v, 0, false, maxQueueCap,
-			fmt.Sprintf(`"off" or a number > 0 and ≤ %g`, maxQueueCap))
-	}
-	if len(p.errs) == 0 {
-		p.errs = append(p.errs, p.cfg.crossErrors()...)
-	}
-	if len(p.errs) > 0 {
-		sort.Slice(p.errs, func(i, j int) bool { return p.errs[i].Annotation < p.errs[j].Annotation })
-		return Config{}, &ConfigError{Fields: p.errs}
-	}
-	return p.cfg, nil
+	return cfg, nil
 }
 
-var annotationNames = []string{
-	AnnTarget, AnnMinReplicas, AnnMaxReplicas, AnnWindow, AnnPanicWindow,
-	AnnPanicThreshold, AnnScaleDownDelay, AnnMaxScaleUpRate, AnnMaxScaleDownRate,
-	AnnColdStart, AnnMaxQueue,
+// unknownAllowed names the known annotation closest to a misspelt one.
+func unknownAllowed(name string) string {
+	best, bestD := "", 4
+	names := make([]string, len(annotationTable))
+	for i, a := range annotationTable {
+		names[i] = a.name
+		if d := editDistance(name, a.name); d < bestD {
+			best, bestD = a.name, d
+		}
+	}
+	known := "one of " + AnnotationPrefix + "{" + strings.Join(names, ",") + "}"
+	if best != "" {
+		return fmt.Sprintf("%s%s (a typo?); %s", AnnotationPrefix, best, known)
+	}
+	return known
 }
 
-var targetRange = fmt.Sprintf("a number > 0 and ≤ %g (requests in flight per replica)", maxTarget)
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
 
 // Validate checks a Config built in code (the simulator builds them so)
-// against the same ranges as ParseAnnotations.
+// against the same table as ParseAnnotations.
 func (c Config) Validate() error {
-	f := func(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
 	var errs []FieldError
-	add := func(name, val, allowed string) {
-		errs = append(errs, FieldError{AnnotationPrefix + name, val, allowed})
-	}
-	if !(c.Target > 0 && c.Target <= maxTarget) {
-		add(AnnTarget, f(c.Target), targetRange)
-	}
-	if c.MinReplicas < 0 || c.MinReplicas > maxReplicasCap {
-		add(AnnMinReplicas, fmt.Sprint(c.MinReplicas), fmt.Sprintf("an integer between 0 and %d", maxReplicasCap))
-	}
-	if c.MaxReplicas < 1 || c.MaxReplicas > maxReplicasCap {
-		add(AnnMaxReplicas, fmt.Sprint(c.MaxReplicas), fmt.Sprintf("an integer between 1 and %d", maxReplicasCap))
-	}
-	durs := []struct {
-		name   string
-		v      time.Duration
-		lo, hi time.Duration
-	}{
-		{AnnWindow, c.Window, minWindow, maxWindow},
-		{AnnPanicWindow, c.PanicWindow, minPanicWindow, maxWindow},
-		{AnnColdStart, c.ColdStart, 0, maxColdStart},
-	}
-	if d := c.ScaleDownDelay; d != ScaleDownDelayColdStart && (d < 0 || d > maxDelay) {
-		add(AnnScaleDownDelay, d.String(), fmt.Sprintf(`"cold-start" or a duration between 0s and %v`, maxDelay))
-	}
-	for _, d := range durs {
-		if d.v < d.lo || d.v > d.hi {
-			add(d.name, d.v.String(), fmt.Sprintf("a duration between %v and %v", d.lo, d.hi))
+	for i := range annotationTable {
+		a := &annotationTable[i]
+		v, isWord := a.get(&c)
+		if !isWord && !a.inRange(v) {
+			val := fmtNum(v)
+			if a.kind == kindDuration {
+				val = FormatDuration(secs(v))
+			}
+			errs = append(errs, FieldError{AnnotationPrefix + a.name, val, a.allowed(false)})
 		}
-	}
-	if !(c.PanicThreshold >= minThreshold && c.PanicThreshold <= maxThreshold) {
-		add(AnnPanicThreshold, f(c.PanicThreshold), fmt.Sprintf("a number between %g and %g", minThreshold, maxThreshold))
-	}
-	for _, r := range []struct {
-		name string
-		v    float64
-	}{{AnnMaxScaleUpRate, c.MaxScaleUpRate}, {AnnMaxScaleDownRate, c.MaxScaleDownRate}} {
-		if !(r.v > minRate && r.v <= maxRate) {
-			add(r.name, f(r.v), fmt.Sprintf("a number > %g and ≤ %g", minRate, maxRate))
-		}
-	}
-	if !(c.MaxQueue >= 0 && c.MaxQueue <= maxQueueCap) {
-		add(AnnMaxQueue, f(c.MaxQueue), fmt.Sprintf(`"off" or a number > 0 and ≤ %g`, maxQueueCap))
 	}
 	if len(errs) == 0 {
 		errs = c.crossErrors()
@@ -282,7 +485,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// crossErrors checks the relations between valid fields.
+// crossErrors checks the relations between valid fields (the rows' also).
 func (c Config) crossErrors() []FieldError {
 	var errs []FieldError
 	if c.MinReplicas > c.MaxReplicas {
@@ -290,54 +493,31 @@ func (c Config) crossErrors() []FieldError {
 			fmt.Sprintf("an integer between 0 and max-replicas (%d)", c.MaxReplicas)})
 	}
 	if c.PanicWindow > c.Window {
-		errs = append(errs, FieldError{AnnotationPrefix + AnnPanicWindow, c.PanicWindow.String(),
-			fmt.Sprintf("a duration between %v and window (%v)", minPanicWindow, c.Window)})
+		errs = append(errs, FieldError{AnnotationPrefix + AnnPanicWindow, FormatDuration(c.PanicWindow),
+			fmt.Sprintf("a duration between %s and window (%s)", FormatDuration(secs(lookup(AnnPanicWindow).lo)), FormatDuration(c.Window))})
 	}
 	return errs
 }
 
-// parser accumulates every error instead of stopping at the first.
-type parser struct {
-	cfg  Config
-	errs []FieldError
-}
-
-func (p *parser) fail(name, value, allowed string) {
-	p.errs = append(p.errs, FieldError{AnnotationPrefix + name, value, allowed})
-}
-
-// float parses a finite number in (lo, hi] (or [lo, hi] when loInclusive).
-func (p *parser) float(name, v string, lo float64, loInclusive bool, hi float64, allowed string) float64 {
-	x, err := strconv.ParseFloat(v, 64)
-	ok := err == nil && !math.IsNaN(x) && x <= hi && (x > lo || (loInclusive && x == lo))
-	if !ok {
-		p.fail(name, v, allowed)
-		return 0
-	}
-	return x
-}
-
-func (p *parser) int(name, v string, lo, hi int64) int32 {
-	x, err := strconv.ParseInt(v, 10, 32)
-	if err != nil || x < lo || x > hi {
-		p.fail(name, v, fmt.Sprintf("an integer between %d and %d", lo, hi))
-		return 0
-	}
-	return int32(x)
-}
-
-// duration parses a Go duration ("90s", "2m") or a bare number of seconds.
-func (p *parser) duration(name, v string, lo, hi time.Duration) time.Duration {
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		if s, ferr := strconv.ParseFloat(v, 64); ferr == nil && !math.IsNaN(s) && !math.IsInf(s, 0) &&
-			math.Abs(s) < float64(maxWindow/time.Second)*10 {
-			d, err = time.Duration(s*float64(time.Second)), nil
+// AnnotationsMarkdown renders the annotation table as README.md shows it:
+// annotation, default, allowed values, meaning.
+func AnnotationsMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| annotation | default | allowed | meaning |\n|---|---|---|---|\n")
+	for i := range annotationTable {
+		a := &annotationTable[i]
+		def := "—"
+		if a.def != "" {
+			def = a.def
+			if a.word == a.def {
+				def = "`" + def + "`"
+			}
 		}
+		allowed := a.allowed(true)
+		if a.also != "" {
+			allowed += ", " + a.also
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", a.name, def, allowed, a.meaning)
 	}
-	if err != nil || d < lo || d > hi {
-		p.fail(name, v, fmt.Sprintf("a duration between %v and %v (e.g. \"90s\", \"2m\")", lo, hi))
-		return 0
-	}
-	return d
+	return b.String()
 }

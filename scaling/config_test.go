@@ -2,6 +2,7 @@ package scaling
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestParseAnnotationsValues(t *testing.T) {
 	}
 	want := Config{Target: 2.5, MinReplicas: 0, MaxReplicas: 40, Window: 2 * time.Minute,
 		PanicWindow: 10 * time.Second, PanicThreshold: 3, ScaleDownDelay: 0, MaxScaleUpRate: 4,
-		MaxScaleDownRate: 1.5, ColdStart: 90 * time.Second, MaxQueue: 16}
+		MaxScaleDownRate: 1.5, ColdStart: 90 * time.Second, MaxQueue: 16, HoldTimeout: DefaultHoldTimeout}
 	if cfg != want {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
@@ -62,29 +63,33 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		name, ann, value string
 		allowed          string // a fragment of the allowed range
 	}{
-		{"target missing", "target", "", "number > 0"},
-		{"target zero", "target", "0", "number > 0"},
-		{"target negative", "target", "-1", "number > 0"},
-		{"target NaN", "target", "NaN", "number > 0"},
-		{"target Inf", "target", "+Inf", "≤ 1e+06"},
-		{"target word", "target", "four", "number > 0"},
+		{"target missing", "target", "", "it enables inflight"},
+		{"target zero", "target", "0", "between 0.01 and 1e6"},
+		{"target negative", "target", "-1", "between 0.01 and 1e6"},
+		{"target NaN", "target", "NaN", "between 0.01 and 1e6"},
+		{"target Inf", "target", "+Inf", "and 1e6"},
+		{"target below the floor", "target", "1e-300", "between 0.01"},
+		{"target word", "target", "four", "between 0.01 and 1e6"},
 		{"min-replicas negative", "min-replicas", "-1", "between 0 and 100000"},
 		{"min-replicas float", "min-replicas", "1.5", "integer"},
 		{"max-replicas zero", "max-replicas", "0", "between 1 and 100000"},
 		{"max-replicas huge", "max-replicas", "9999999999", "between 1 and 100000"},
-		{"window short", "window", "1s", "between 6s and 1h0m0s"},
-		{"window long", "window", "2h", "between 6s and 1h0m0s"},
+		{"window short", "window", "1s", "between 6s and 1h"},
+		{"window long", "window", "2h", "between 6s and 1h"},
 		{"window junk", "window", "soon", "duration"},
 		{"panic-window zero", "panic-window", "0s", "between 1s"},
 		{"panic-threshold low", "panic-threshold", "1", "between 1.1 and 10"},
 		{"panic-threshold high", "panic-threshold", "11", "between 1.1 and 10"},
-		{"scale-down-delay negative", "scale-down-delay", "-5m", `"cold-start" or a duration between 0s and 1h0m0s`},
+		{"scale-down-delay negative", "scale-down-delay", "-5m", `"cold-start" or a duration between 0s and 1h`},
 		{"max-scale-up-rate one", "max-scale-up-rate", "1", "> 1"},
 		{"max-scale-up-rate high", "max-scale-up-rate", "5000", "≤ 1000"},
 		{"max-scale-down-rate low", "max-scale-down-rate", "0.5", "> 1"},
-		{"cold-start negative", "cold-start", "-1s", "between 0s and 1h0m0s"},
+		{"cold-start negative", "cold-start", "-1s", "between 0s and 1h"},
 		{"cold-start junk", "cold-start", "fast", "duration"},
 		{"max-queue zero", "max-queue", "0", `"off" or a number > 0`},
+		{"hold-timeout short", "hold-timeout", "500ms", "between 1s and 1h"},
+		{"hold-timeout long", "hold-timeout", "2h", "between 1s and 1h"},
+		{"hold-timeout off is not a word", "hold-timeout", "off", "between 1s and 1h"},
 		{"unknown name", "max-replica", "5", "one of inflight.dev/{target,"},
 	}
 	for _, c := range cases {
@@ -240,4 +245,111 @@ func FuzzParseAnnotations(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestHoldTimeout(t *testing.T) {
+	cfg, err := ParseAnnotations(map[string]string{"inflight.dev/target": "4", "inflight.dev/hold-timeout": "90s"})
+	if err != nil || cfg.HoldTimeout != 90*time.Second {
+		t.Fatalf("got %+v %v", cfg, err)
+	}
+	if cfg, err := ParseAnnotations(map[string]string{"inflight.dev/target": "0.01"}); err != nil || cfg.Target != MinTarget || cfg.HoldTimeout != DefaultHoldTimeout {
+		t.Fatalf("the floor itself is allowed, hold-timeout defaults: %+v %v", cfg, err)
+	}
+}
+
+// A Deployment with inflight.dev/ annotations but no target (a typo of
+// the required key) is an error that names the typo
+// and what it probably meant, so the controller can warn instead of
+// silently ignoring it.
+func TestTypoOfTheRequiredKey(t *testing.T) {
+	ann := map[string]string{"inflight.dev/targt": "4", "inflight.dev/max-replicas": "5", "app": "x"}
+	if !HasAnnotations(ann) || HasAnnotations(map[string]string{"app": "x", "inflight.dev": "y"}) {
+		t.Fatal("HasAnnotations")
+	}
+	_, err := ParseAnnotations(ann)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Fields) != 2 {
+		t.Fatalf("want two errors (the typo, the missing target), got %v", err)
+	}
+	if ce.Fields[0].Annotation != "inflight.dev/target" || ce.Fields[0].Value != "" {
+		t.Errorf("first error %+v, want the missing target", ce.Fields[0])
+	}
+	if f := ce.Fields[1]; f.Annotation != "inflight.dev/targt" || !strings.Contains(f.Allowed, "inflight.dev/target (a typo?)") {
+		t.Errorf("second error %+v, want the typo with its probable meaning", f)
+	}
+	// Far from every name: no guess, only the list.
+	_, err = ParseAnnotations(map[string]string{"inflight.dev/target": "4", "inflight.dev/zzzzzzzzzz": "1"})
+	if !errors.As(err, &ce) || strings.Contains(ce.Fields[0].Allowed, "typo") || !strings.Contains(ce.Fields[0].Allowed, "one of") {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		d    int
+	}{{"", "", 0}, {"target", "target", 0}, {"targt", "target", 1}, {"taget", "target", 1}, {"window", "windwo", 2}, {"abc", "", 3}} {
+		if got := editDistance(c.a, c.b); got != c.d {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", c.a, c.b, got, c.d)
+		}
+	}
+}
+
+// TestTableDrivesEverything: every row parses its default, and a value
+// just outside its range fails both ParseAnnotations and Validate with the
+// same allowed text.
+func TestTableDrivesEverything(t *testing.T) {
+	for i := range annotationTable {
+		a := &annotationTable[i]
+		t.Run(a.name, func(t *testing.T) {
+			if a.def != "" {
+				v, ok := a.parse(a.def)
+				if !ok || v != a.defValue {
+					t.Fatalf("default %q parses to %v ok=%v, want %v", a.def, v, ok, a.defValue)
+				}
+			}
+			over := a.hi * 2
+			written := fmtNum(over)
+			if a.kind == kindDuration {
+				written = FormatDuration(secs(over))
+			}
+			ann := map[string]string{"inflight.dev/target": "4", AnnotationPrefix + a.name: written}
+			_, perr := ParseAnnotations(ann)
+			cfg := DefaultConfig(4)
+			a.set(&cfg, over)
+			verr := cfg.Validate()
+			var pe, ve *ConfigError
+			if !errors.As(perr, &pe) || !errors.As(verr, &ve) || len(pe.Fields) != 1 || len(ve.Fields) != 1 {
+				t.Fatalf("over the range: parse %v, validate %v", perr, verr)
+			}
+			if pe.Fields[0].Allowed != ve.Fields[0].Allowed {
+				t.Fatalf("parse says %q, validate %q", pe.Fields[0].Allowed, ve.Fields[0].Allowed)
+			}
+		})
+	}
+}
+
+// TestREADMEAnnotationTable checks README.md's annotation table against
+// the table in code. To refresh it, paste AnnotationsMarkdown()'s output.
+func TestREADMEAnnotationTable(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	_, after, ok := strings.Cut(readme, "### Annotations")
+	if !ok {
+		t.Fatal(`README.md has no "### Annotations" section`)
+	}
+	start := strings.Index(after, "| annotation |")
+	if start < 0 {
+		t.Fatal("README.md's annotation section has no table")
+	}
+	tbl := after[start:]
+	if end := strings.Index(tbl, "\n\n"); end >= 0 {
+		tbl = tbl[:end+1]
+	}
+	if want := AnnotationsMarkdown(); tbl != want {
+		t.Fatalf("README.md's annotation table differs from the code's; want:\n%s\ngot:\n%s", want, tbl)
+	}
 }

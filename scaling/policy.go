@@ -16,7 +16,11 @@
 // then every tick (1 s):
 //
 //	a.Observe(scaling.Observation{Time: now, Concurrency: …, InFlight: …, …})
-//	d := a.Decide(now) // d.Direction != Hold: write d.Desired to /scale; d.Reason is for the Event
+//	d := a.Decide(now) // d.Direction != Hold: write d.Desired to /scale
+//
+// d.Cause says what determined the count: d.Cause.String() is the metric
+// label (lower_snake, a bounded set listed by Causes), d.Cause.Message()
+// a sentence for the Event, and d.Reason the numbers behind it.
 //
 // and a.SetConfig(cfg) whenever the annotations change to a valid
 // configuration. Decide records its own decision (panic state, the
@@ -148,6 +152,10 @@ type Decision struct {
 	Desired   int32 // replicas to write (equals Current when Direction is Hold)
 	Current   int32 // spec.replicas as last observed
 	Direction Direction
+	// Cause is what determined Desired (the last step of Decide that bound
+	// it): a bounded set whose String is the metric label and whose
+	// Message is the Event's sentence.
+	Cause Cause
 	// Reason is one human line, e.g. "in-flight 18.2 (panic window) over
 	// target 4 × 3 replicas, rising 1.3/s: 3 → 5".
 	Reason string
@@ -158,6 +166,13 @@ type Decision struct {
 	StableDemand, PanicDemand, Trend, PredictedDemand float64
 	Panicking                                         bool
 }
+
+// Hysteresis is the relative band around the current count within which
+// the demand does not change it (part of the Stabilization ingredient): a
+// scale-up must still be needed with the demand 5 % lower, a scale-down
+// with it 5 % higher. A steady demand at an exact multiple of the target,
+// read with ±1 % noise, then keeps one count.
+const Hysteresis = 0.05
 
 // StaleAfter is how old the newest observation may be before the data
 // counts as missing (three missed 1 s ticks).
@@ -408,10 +423,12 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 //     capped at what the observed arrival rate and the per-replica
 //     throughput of the ready replicas need (plus draining the backlog over
 //     one cold start), never below the replicas already requested;
-//  5. stabilization: a scale-down goes no lower than the highest
+//  5. stabilization: the count moves only when the demand is more than
+//     Hysteresis away from it; a scale-down goes no lower than the highest
 //     recommendation of the last ScaleDownDelay (by default one cold-start
-//     lead, see ScaleDownDelayColdStart); one decision moves at most
-//     ×MaxScaleUpRate up and ÷MaxScaleDownRate down;
+//     lead, see ScaleDownDelayColdStart); replicas requested stay within
+//     MaxScaleUpRate × the ready ones (a cap in time: starting replicas
+//     count), and one decision moves at most ÷MaxScaleDownRate down;
 //  6. fail-safe: with a partial or stale observation in the window, or
 //     less than a full window of data since the autoscaler started, it does
 //     not scale down.
@@ -421,7 +438,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	cfg, f := a.cfg, a.feat
 	d := Decision{Time: now}
 	if !a.haveLast {
-		d.Reason = "no observation yet"
+		d.Cause, d.Reason = CauseNoData, "no observation yet"
 		return d
 	}
 	o := a.last
@@ -459,6 +476,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	// slope over both windows) that the arrivals do not contradict
 	// suppresses a scale-up the backlog alone would ask for.
 	predicted := stable
+	cause := CauseDemand
 	falling := false
 	if f.On(Trend) && ws.haveStable {
 		w := a.serviceTime
@@ -467,6 +485,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		}
 		if l := ws.leadRate * w; l > predicted {
 			predicted = l
+			cause = CauseTrend
 			note("arrivals ≥ %.2f/s × %.1fs service", ws.leadRate, w)
 		} else {
 			falling = ws.shortSlope < 0 && ws.longSlope < 0
@@ -476,7 +495,9 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 
 	// 3. Burst.
 	if f.On(Burst) && ws.havePanicAv {
-		demand = math.Max(demand, ws.panic)
+		if ws.panic > demand {
+			demand, cause = ws.panic, CauseBurst
+		}
 		readyCap := float64(max(1, o.Ready)) * target
 		over := math.Max(ws.panic, o.InFlight) >= cfg.PanicThreshold*readyCap
 		switch {
@@ -485,8 +506,8 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		case a.panicking && now.Sub(a.panicLast) > cfg.Window:
 			a.panicking, a.panicMax = false, 0
 		}
-		if a.panicking {
-			demand = math.Max(demand, o.InFlight)
+		if a.panicking && o.InFlight > demand {
+			demand, cause = o.InFlight, CauseBurst
 		}
 	} else {
 		a.panicking, a.panicMax = false, 0
@@ -495,13 +516,30 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	d.PredictedDemand = demand
 	want := ceilReplicas(demand / target)
 	note("in-flight %.1f, target %g per replica", demand, target)
+	if f.On(Stabilization) {
+		// Hysteresis: a scale-up must hold with the demand Hysteresis
+		// lower, a scale-down with it Hysteresis higher, so a demand that
+		// sits at an exact multiple of the target does not flap.
+		switch {
+		case want > cur && ceilReplicas(demand/(1+Hysteresis)/target) <= cur:
+			want, cause = cur, CauseHysteresis
+			note("within %.0f %% of %d replicas: hold", 100*Hysteresis, cur)
+		case want < cur:
+			if w := ceilReplicas(demand * (1 + Hysteresis) / target); w >= cur {
+				want, cause = cur, CauseHysteresis
+				note("within %.0f %% of %d replicas: hold", 100*Hysteresis, cur)
+			} else {
+				want = w
+			}
+		}
+	}
 
 	if falling && want > cur && !a.panicking {
-		want = cur
+		want, cause = cur, CauseFalling
 		note("falling %.2f/s: no scale-up", ws.shortSlope)
 	}
 	if a.panicking {
-		want = max(want, cur, a.panicMax)
+		want, cause = max(want, cur, a.panicMax), CauseBurst
 		note("panic")
 	}
 
@@ -529,7 +567,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 			atL := math.Max(0, backlog+(ws.arrRate-ready*perReplica)*L-starting*perReplica*L/2)
 			need := ceilReplicas((ws.arrRate*1.1 + atL/L) / perReplica)
 			if want > max(cur, need) {
-				want = max(cur, need)
+				want, cause = max(cur, need), CauseColdStartCap
 				note("%.0f starting, %.1f req/s at %.2f req/s per replica, %.0f queued in %v: capped at %d",
 					starting, ws.arrRate, perReplica, atL, lead, want)
 			}
@@ -548,18 +586,21 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 				hi = cur
 			}
 			if hi > want {
-				want = min(cur, hi)
+				want, cause = min(cur, hi), CauseScaleDownDelay
 				note("holding for scale-down-delay %v", a.downDelay)
 			}
 		}
-		upCap := int32(math.Ceil(cfg.MaxScaleUpRate * float64(max(1, cur))))
+		// The up cap is relative to the ready replicas: those still
+		// starting count against it, so the count grows at most ×rate per
+		// cold start, not ×rate per tick.
+		upCap := max(cur, ceilReplicas(cfg.MaxScaleUpRate*float64(max(1, o.Ready))))
 		downFloor := int32(math.Floor(float64(cur) / cfg.MaxScaleDownRate))
 		if want > upCap {
-			want = upCap
-			note("capped by max-scale-up-rate %g", cfg.MaxScaleUpRate)
+			want, cause = upCap, CauseRateCap
+			note("capped by max-scale-up-rate %g × %d ready", cfg.MaxScaleUpRate, max(1, o.Ready))
 		}
 		if want < downFloor {
-			want = downFloor
+			want, cause = downFloor, CauseRateCap
 			note("capped by max-scale-down-rate %g", cfg.MaxScaleDownRate)
 		}
 	}
@@ -568,19 +609,26 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	if f.On(FailSafe) && want < cur {
 		switch {
 		case now.Sub(o.Time) > StaleAfter:
-			want = cur
+			want, cause = cur, CauseStale
 			note("data stale since %v: no scale-down", o.Time.Format(time.RFC3339))
 		case ws.partial:
-			want = cur
+			want, cause = cur, CausePartial
 			note("partial data: no scale-down")
 		case now.Sub(a.start) < cfg.Window:
-			want = cur
+			want, cause = cur, CauseWarmingUp
 			note("less than one window of data: no scale-down")
 		}
 	}
 
-	want = min(max(want, cfg.MinReplicas), cfg.MaxReplicas)
-	d.Desired = want
+	switch {
+	case want < cfg.MinReplicas:
+		want, cause = cfg.MinReplicas, CauseMinReplicas
+		note("min-replicas %d", cfg.MinReplicas)
+	case want > cfg.MaxReplicas:
+		want, cause = cfg.MaxReplicas, CauseMaxReplicas
+		note("max-replicas %d", cfg.MaxReplicas)
+	}
+	d.Desired, d.Cause = want, cause
 	switch {
 	case want > cur:
 		d.Direction = Up

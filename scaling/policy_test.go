@@ -492,3 +492,72 @@ func BenchmarkDecide(b *testing.B) {
 		a.Decide(now)
 	}
 }
+
+// A steady 80 in flight with target 10, read as 79.75–80.43 from tick to
+// tick (issue 10), keeps one count even with no scale-down delay; without
+// the band it flaps between 8 and 9.
+func TestHysteresisAtAnExactMultiple(t *testing.T) {
+	cfg := DefaultConfig(10)
+	cfg.MaxReplicas, cfg.ScaleDownDelay = 100, 0
+	rng := rand.New(rand.NewPCG(3, 5))
+	reading := func(int) float64 { return 79.75 + rng.Float64()*(80.43-79.75) }
+	for _, start := range []int32{8, 9} {
+		a := NewAutoscaler(cfg, Features{}.Without(Trend).Without(Burst), t0)
+		cur := start
+		changes := 0
+		now := t0
+		for i := 0; i < 3600; i++ {
+			now = now.Add(time.Second)
+			c := reading(i)
+			a.Observe(Observation{Time: now, Concurrency: c, InFlight: c, Ready: cur, Requested: cur})
+			if d := a.Decide(now); d.Desired != cur {
+				changes++
+				cur = d.Desired
+			}
+		}
+		if changes > 1 {
+			t.Errorf("from %d replicas: %d changes in an hour at a steady 80, want ≤ 1", start, changes)
+		}
+	}
+	// The same readings without the band, to show the test can fail: the
+	// raw recommendation alone flaps.
+	flaps, last := 0, int32(0)
+	for i := 0; i < 600; i++ {
+		w := ceilReplicas(reading(i) / 10)
+		if last != 0 && w != last {
+			flaps++
+		}
+		last = w
+	}
+	if flaps < 10 {
+		t.Fatalf("the raw recommendation changed only %d times: the readings do not straddle 80", flaps)
+	}
+}
+
+// The scale-up cap is in time (issue 10): the replicas requested stay
+// within max-scale-up-rate × the ready ones, so while they start, more
+// demand (forged or real) buys nothing more; once they are ready the next
+// ×rate is allowed.
+func TestScaleUpCapInTime(t *testing.T) {
+	cfg := cfg4()
+	cfg.MaxReplicas = 100000
+	a, now := warm(cfg, Features{}, 4, 1)
+	cur := int32(1)
+	for i := 0; i < 60; i++ {
+		d, n := drive(a, now, 1, func(int) load {
+			return load{conc: 4000, inFlight: 4000, ready: 1, starting: cur - 1, requested: cur}
+		})
+		now = n
+		if d.Desired > 10 {
+			t.Fatalf("second %d: desired %d with 1 ready replica, want ≤ 10 (%s)", i, d.Desired, d.Reason)
+		}
+		cur = d.Desired
+	}
+	if cur != 10 {
+		t.Fatalf("the cap itself is reached on the first tick: %d", cur)
+	}
+	d, _ := drive(a, now, 1, func(int) load { return load{conc: 4000, inFlight: 4000, ready: 10, requested: 10} })
+	if d.Desired != 100 || d.Cause != CauseRateCap {
+		t.Fatalf("10 ready: desired %d cause %v, want 100 rate_cap (%s)", d.Desired, d.Cause, d.Reason)
+	}
+}

@@ -39,7 +39,7 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	opts := DefaultOptions()
 	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	opts.Bind(fs)
+	opts.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

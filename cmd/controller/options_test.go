@@ -9,6 +9,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/inflight-dev/inflight/scaling/kube"
 )
 
 func TestDefaultsValidate(t *testing.T) {
@@ -17,8 +22,45 @@ func TestDefaultsValidate(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
-	if err := o.kube().Validate(); err != nil {
-		t.Fatalf("defaults invalid for the controller: %v", err)
+}
+
+// Each flag is checked once, by the option that declares it: what passes
+// flag checking starts (the --fetch-timeout bound used to differ between
+// the binary's check and the controller's).
+func TestFlagCheckIsTheStartupCheck(t *testing.T) {
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse([]string{"--identity=x", "--fetch-timeout=10s", "--tick=1s"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("--fetch-timeout=10s --tick=1s: %v", err)
+	}
+	if _, err := kube.New(fake.NewClientset(), o.kube(), nil, kube.NewMetrics(prometheus.NewRegistry())); err != nil {
+		t.Fatalf("flags passed Validate but the controller refused them: %v", err)
+	}
+}
+
+// Every invalid flag is reported at once, one line each.
+func TestValidateReportsEveryError(t *testing.T) {
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse([]string{"--tick=1ms", "--write-workers=0", "--log-level=loud", "--kube-burst=0", "--identity="}); err != nil {
+		t.Fatal(err)
+	}
+	err := o.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, f := range []string{"--tick=", "--write-workers=", "--log-level=", "--kube-burst=", "--identity=", "--fetch-timeout="} {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("error does not name %s:\n%v", f, err)
+		}
+	}
+	if n := len(strings.Split(err.Error(), "\n")); n != 6 {
+		t.Errorf("%d error lines, want 6:\n%v", n, err)
 	}
 }
 
@@ -42,7 +84,7 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		o := DefaultOptions()
 		o.Identity = "x"
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		o.Bind(fs)
+		o.AddFlags(fs)
 		if err := fs.Parse(c.args); err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +104,7 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 func TestFlagsReachTheController(t *testing.T) {
 	o := DefaultOptions()
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	o.Bind(fs)
+	o.AddFlags(fs)
 	if err := fs.Parse([]string{"--tick=250ms", "--identity=c-1", "--extproc-service=ep", "--lease-name=l"}); err != nil {
 		t.Fatal(err)
 	}

@@ -31,8 +31,8 @@ func runEnvoyFilter(_ context.Context, args []string, stdout, stderr io.Writer) 
 	fs.StringVar(&o.ExtprocService, "extproc-service", istio.DefaultExtprocService, "extproc Service name")
 	fs.StringVar(&o.ExtprocNamespace, "extproc-namespace", istio.DefaultExtprocNamespace, "extproc Service namespace")
 	fs.UintVar(&extprocPort, "extproc-port", istio.DefaultExtprocPort, "extproc Service gRPC port (named grpc)")
-	fs.DurationVar(&o.MessageTimeout, "message-timeout", istio.DefaultMessageTimeout, "control profile: longest wait for one extproc reply before Envoy continues without it")
-	fs.DurationVar(&o.DeferredCloseTimeout, "deferred-close-timeout", istio.DefaultDeferredCloseTimeout, "observe profile: how long Envoy keeps a stream open after its request is gone")
+	fs.DurationVar(&o.MessageTimeout, "message-timeout", istio.DefaultMessageTimeout, "control profile: longest wait for one extproc reply (request headers, response headers, trailers) before Envoy continues without it")
+	fs.DurationVar(&o.DeferredCloseTimeout, "deferred-close-timeout", istio.DefaultDeferredCloseTimeout, "observe profile: how long Envoy keeps a stream open after its request is gone; every response with a body and no trailers is counted this much longer (10ms..1s)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

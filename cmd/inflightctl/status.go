@@ -15,32 +15,67 @@ import (
 	"github.com/inflight-dev/inflight/scaling/kube"
 )
 
+// statusOptions are the flags of `inflightctl status`.
+type statusOptions struct {
+	Controllers string // comma-separated admin URLs
+	Timeout     time.Duration
+	Wide        bool
+}
+
+func defaultStatusOptions() statusOptions {
+	return statusOptions{Controllers: "http://127.0.0.1:9091", Timeout: 3 * time.Second}
+}
+
+// AddFlags registers the flags on fs.
+func (o *statusOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Controllers, "controller", o.Controllers,
+		"controller admin URL(s), comma-separated (e.g. each replica through kubectl port-forward); the leader's view is shown")
+	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "timeout of each request")
+	fs.BoolVar(&o.Wide, "wide", o.Wide, "also show predicted demand, cold start and the last change")
+}
+
+// urls returns the non-empty --controller URLs.
+func (o *statusOptions) urls() []string {
+	var urls []string
+	for _, u := range strings.Split(o.Controllers, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
+}
+
+// Validate reports every invalid flag at once.
+func (o *statusOptions) Validate() error {
+	var errs []error
+	if len(o.urls()) == 0 {
+		errs = append(errs, fmt.Errorf("--controller=%q: want one or more admin URLs, comma-separated", o.Controllers))
+	}
+	if o.Timeout <= 0 || o.Timeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--timeout=%v: want > 0 and ≤ 5m", o.Timeout))
+	}
+	return errors.Join(errs...)
+}
+
 // runStatus implements `inflightctl status`: it reads GET /v1/status from
 // each --controller URL, takes the leader's view (a follower lists no
 // workloads) and prints one row per managed Deployment.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o := defaultStatusOptions()
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	controllers := fs.String("controller", "http://127.0.0.1:9091",
-		"controller admin URL(s), comma-separated (e.g. each replica through kubectl port-forward); the leader's view is shown")
-	timeout := fs.Duration("timeout", 3*time.Second, "timeout of each request")
-	wide := fs.Bool("wide", false, "also show predicted demand, cold start and the last change")
+	o.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("status: unexpected argument %q", fs.Arg(0))
 	}
-	var urls []string
-	for _, u := range strings.Split(*controllers, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			urls = append(urls, u)
-		}
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("status: %w", err)
 	}
-	if len(urls) == 0 {
-		return errors.New("status: --controller is empty")
-	}
-	hc := &http.Client{Timeout: *timeout}
+	urls := o.urls()
+	hc := &http.Client{Timeout: o.Timeout}
 	var (
 		chosen *kube.Status
 		errs   []error
@@ -61,7 +96,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for _, err := range errs {
 		fmt.Fprintf(stderr, "warning: %v\n", err)
 	}
-	return writeStatus(stdout, chosen, *wide)
+	return writeStatus(stdout, chosen, o.Wide)
 }
 
 func fetchStatus(ctx context.Context, hc *http.Client, base string) (*kube.Status, error) {

@@ -144,3 +144,17 @@ func TestStatusArgs(t *testing.T) {
 		t.Error("status with an argument: want an error")
 	}
 }
+
+// Every invalid flag is reported at once, naming it.
+func TestStatusFlagErrors(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"status", "--controller", " , ", "--timeout", "0s"}, &out, &errb)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{`--controller=" , "`, "--timeout=0s"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+}

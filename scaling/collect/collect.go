@@ -30,6 +30,7 @@ import (
 	"time"
 
 	jsoniter "github.com/json-iterator/go"
+	"k8s.io/utils/clock"
 
 	"github.com/inflight-dev/inflight/extproc"
 )
@@ -123,8 +124,8 @@ type Options struct {
 	Client Doer
 	// Observer, if set, is told about every fetch.
 	Observer Observer
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock is the collector's clock (nil: the real clock).
+	Clock clock.PassiveClock
 }
 
 func (o *Options) defaults() {
@@ -144,8 +145,8 @@ func (o *Options) defaults() {
 			DisableCompression:  false,
 		}}
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
 }
 
@@ -283,7 +284,7 @@ func sumByWorkload(s *extproc.Snapshot) map[Workload]counters {
 
 // merge folds one tick's fetches into the kept state and sums per workload.
 func (c *Collector) merge(out []fetched) Result {
-	now := c.opt.Now()
+	now := c.opt.Clock.Now()
 	res := Result{Time: now, Workloads: map[Workload]Sample{}, Endpoints: len(out)}
 	if len(out) == 0 {
 		res.Partial = true

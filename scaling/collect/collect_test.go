@@ -10,26 +10,15 @@ import (
 	"testing"
 	"time"
 
+	testingclock "k8s.io/utils/clock/testing"
+
 	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/scaling/collect"
 	"github.com/inflight-dev/inflight/scaling/collect/collecttest"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+func newClock() *testingclock.FakeClock {
+	return testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
 var w = collect.Workload{Namespace: "ml", Name: "llama"}
@@ -51,11 +40,11 @@ func eps(rs ...*collecttest.Replica) []collect.Endpoint {
 
 func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 	clk := newClock()
-	a := collecttest.NewReplica("a", clk.Now)
+	a := collecttest.NewReplica("a", clk)
 	defer a.Close()
-	b := collecttest.NewReplica("b", clk.Now)
+	b := collecttest.NewReplica("b", clk)
 	defer b.Close()
-	c := collect.New(collect.Options{Now: clk.Now})
+	c := collect.New(collect.Options{Clock: clk})
 	ctx := context.Background()
 
 	a.Start("ml", "llama", "p1", 2)
@@ -68,9 +57,9 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 	// No baseline yet: point values.
 	near(t, "first concurrency", r0.Workloads[w].Concurrency, 3)
 
-	clk.Add(500 * time.Millisecond)
+	clk.Step(500 * time.Millisecond)
 	a.Start("ml", "llama", "p1", 2) // 4 on a for the second half
-	clk.Add(500 * time.Millisecond)
+	clk.Step(500 * time.Millisecond)
 	b.Complete("ml", "llama", "p2", 1, 3*time.Second) // b: 1 for the full second
 	r1 := c.Tick(ctx, eps(a, b))
 	got := r1.Workloads[w]
@@ -84,7 +73,7 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 	near(t, "other workload", r1.Workloads[collect.Workload{Namespace: "other", Name: "x"}].Concurrency, 7)
 
 	// Nothing completes next second: the last known mean duration stays.
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r2 := c.Tick(ctx, eps(a, b))
 	if r2.Workloads[w].MeanDuration != 3*time.Second {
 		t.Errorf("mean duration kept = %v, want 3s", r2.Workloads[w].MeanDuration)
@@ -94,17 +83,17 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 
 func TestCounterResetIsNotADelta(t *testing.T) {
 	clk := newClock()
-	a := collecttest.NewReplica("a", clk.Now)
+	a := collecttest.NewReplica("a", clk)
 	defer a.Close()
-	c := collect.New(collect.Options{Now: clk.Now})
+	c := collect.New(collect.Options{Clock: clk})
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 50)
-	clk.Add(10 * time.Second)
+	clk.Step(10 * time.Second)
 	c.Tick(ctx, eps(a))
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	a.Restart() // busy 0, started 0: a naive delta would be hugely negative
 	a.Start("ml", "llama", "p", 2)
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r := c.Tick(ctx, eps(a))
 	if r.Resets != 1 {
 		t.Errorf("resets = %d, want 1", r.Resets)
@@ -114,7 +103,7 @@ func TestCounterResetIsNotADelta(t *testing.T) {
 	near(t, "arrivals after reset", s.Arrivals, 0)
 	near(t, "completions after reset", s.Completions, 0)
 	// The next tick has a baseline of the new boot again.
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r = c.Tick(ctx, eps(a))
 	near(t, "concurrency next tick", r.Workloads[w].Concurrency, 2)
 	if r.Resets != 0 {
@@ -124,19 +113,19 @@ func TestCounterResetIsNotADelta(t *testing.T) {
 
 func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 	clk := newClock()
-	a := collecttest.NewReplica("a", clk.Now)
+	a := collecttest.NewReplica("a", clk)
 	defer a.Close()
-	b := collecttest.NewReplica("b", clk.Now)
-	c := collect.New(collect.Options{Now: clk.Now, Expire: 5 * time.Second})
+	b := collecttest.NewReplica("b", clk)
+	c := collect.New(collect.Options{Clock: clk, Expire: 5 * time.Second})
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	b.Start("ml", "llama", "p", 3)
 	c.Tick(ctx, eps(a, b))
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	c.Tick(ctx, eps(a, b))
 
 	b.Close() // stopped mid-run: connection refused
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r := c.Tick(ctx, eps(a, b))
 	if !r.Partial || r.Answered != 1 || len(r.Errors) != 1 || r.Errors[0].Kind != "connect" {
 		t.Fatalf("after stop: partial=%v answered=%d errors=%v", r.Partial, r.Answered, r.Errors)
@@ -144,7 +133,7 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 	near(t, "in-flight with b's last values", r.Workloads[w].InFlight, 4)
 	near(t, "concurrency with b's last values", r.Workloads[w].Concurrency, 4)
 
-	clk.Add(5*time.Second + time.Millisecond)
+	clk.Step(5*time.Second + time.Millisecond)
 	r = c.Tick(ctx, eps(a, b))
 	if !r.Partial {
 		t.Error("a listed replica that does not answer must keep the tick partial")
@@ -155,7 +144,7 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 	}
 
 	// Unlisted (scaled down): not partial, forgotten.
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r = c.Tick(ctx, eps(a))
 	if r.Partial {
 		t.Errorf("tick with every listed replica answering is partial: %v", r.Errors)
@@ -171,14 +160,14 @@ func TestNoEndpointsIsPartial(t *testing.T) {
 
 func TestRejectsOtherVersionAndBadStatus(t *testing.T) {
 	clk := newClock()
-	a := collecttest.NewReplica("a", clk.Now)
+	a := collecttest.NewReplica("a", clk)
 	defer a.Close()
-	b := collecttest.NewReplica("b", clk.Now)
+	b := collecttest.NewReplica("b", clk)
 	defer b.Close()
 	a.SetVersion("inflight.dev/snapshot/v2")
 	b.SetStatus(http.StatusServiceUnavailable)
 	a.Start("ml", "llama", "p", 9)
-	c := collect.New(collect.Options{Now: clk.Now})
+	c := collect.New(collect.Options{Clock: clk})
 	r := c.Tick(context.Background(), eps(a, b))
 	if !r.Partial || r.Answered != 0 || len(r.Errors) != 2 {
 		t.Fatalf("partial=%v answered=%d errors=%v", r.Partial, r.Answered, r.Errors)

@@ -21,7 +21,7 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 	srv := httptest.NewServer(adm.Handler())
 	defer srv.Close()
 	ep := []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
-	c := collect.New(collect.Options{Now: clk.Now})
+	c := collect.New(collect.Options{Clock: clk})
 	ctx := context.Background()
 
 	tg := mesh.Target{Namespace: "ml", Workload: "llama", Service: "llama", Pod: "llama-0"}
@@ -34,11 +34,11 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 	if r := c.Tick(ctx, ep); r.Partial || r.Answered != 1 {
 		t.Fatalf("first tick: %+v", r)
 	}
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	for i := range 2 {
 		tr.End(&reqs[i]) // two end after 1s
 	}
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	r := c.Tick(ctx, ep)
 	if r.Partial || len(r.Workloads) != 1 {
 		t.Fatalf("second tick: %+v", r)

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
 
 	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/scaling/collect"
@@ -84,15 +85,17 @@ type Controller struct {
 
 // New wires a Controller. reg receives the metrics.
 func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Controller, error) {
-	opt.applyDefaults()
 	if err := opt.Validate(); err != nil {
 		return nil, err
+	}
+	if opt.Clock == nil {
+		opt.Clock = clock.RealClock{}
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
 	c := &Controller{opt: opt, cs: cs, log: log, m: m}
-	c.collOpt = collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m, Client: opt.SnapshotClient}
+	c.collOpt = collect.Options{Timeout: opt.FetchTimeout, Expire: opt.Expire, Observer: m, Client: opt.SnapshotClient, Clock: opt.Clock}
 	if c.collOpt.Client == nil {
 		c.collOpt.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}}
 	}
@@ -403,9 +406,8 @@ type write struct {
 	st       *wstate
 	obs      scaling.Observation
 	d        scaling.Decision
-	from, to int32
+	from, to int32 // from: spec.replicas found by the write (== to: nothing written)
 	err      error
-	skipped  bool
 }
 
 // tick runs one collect → decide → write round.
@@ -587,7 +589,7 @@ func (c *Controller) runWrites(ctx context.Context, writes []*write) {
 		go func() {
 			defer wg.Done()
 			for wr := range ch {
-				wr.from, wr.err, wr.skipped = c.scale(ctx, wr.w, wr.to)
+				wr.from, wr.err = c.scale(ctx, wr.w, wr.to)
 			}
 		}()
 	}
@@ -599,9 +601,9 @@ func (c *Controller) runWrites(ctx context.Context, writes []*write) {
 }
 
 // scale writes spec.replicas through the scale subresource, retrying on
-// Conflict. It returns the replicas it replaced; skipped is set when they
-// already equal want.
-func (c *Controller) scale(ctx context.Context, w collect.Workload, want int32) (from int32, err error, skipped bool) {
+// Conflict. It returns the replicas it found: from == want means there was
+// nothing to write.
+func (c *Controller) scale(ctx context.Context, w collect.Workload, want int32) (from int32, err error) {
 	api := c.cs.AppsV1().Deployments(w.Namespace)
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		sc, err := api.GetScale(ctx, w.Name, metav1.GetOptions{})
@@ -610,7 +612,6 @@ func (c *Controller) scale(ctx context.Context, w collect.Workload, want int32) 
 		}
 		from = sc.Spec.Replicas
 		if from == want {
-			skipped = true
 			return nil
 		}
 		if c.beforeScaleUpdate != nil {
@@ -623,7 +624,7 @@ func (c *Controller) scale(ctx context.Context, w collect.Workload, want int32) 
 		}
 		return err
 	})
-	return from, err, skipped
+	return from, err
 }
 
 // finish records the outcome of one write: Event, log, metrics, status.
@@ -638,8 +639,8 @@ func (c *Controller) finish(wr *write, now time.Time) {
 		return
 	}
 	wr.st.written, wr.st.writtenT = wr.to, now
-	if wr.skipped {
-		return
+	if wr.from == wr.to {
+		return // already there: nothing was written
 	}
 	c.m.scaleWrites.WithLabelValues("ok").Inc()
 	c.m.current.WithLabelValues(w.Namespace, w.Name).Set(float64(wr.to))

@@ -11,6 +11,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 // Short but valid annotation values (window ≥ 6s is the policy's floor).
@@ -32,6 +34,7 @@ func fastAnn(extra ...string) map[string]string {
 // An annotated Deployment scales up under load and back down after
 // scale-down-delay; an un-annotated one under the same load is never touched.
 func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	plain := e.deployment("plain", nil, 1)
@@ -95,6 +98,7 @@ func TestScaleUpUnderLoadAndDownAfterDelay(t *testing.T) {
 // the allowed range; never a scale on them; the last valid configuration
 // stays in force.
 func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("bad", fastAnn("inflight.dev/target", "lots"), 1)
 	a := e.replica("a")
@@ -102,7 +106,7 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 	a.SetInFlight(e.ns, "bad", "bad-1", 6, time.Second)
 
 	eventually(t, 30*time.Second, "Warning Event for inflight.dev/target", func() bool {
-		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "a number > 0") != nil
+		return findEvent(e.events("bad"), ReasonInvalidConfig, "inflight.dev/target", `"lots"`, "a number between 0.01 and 1e6") != nil
 	})
 	if ev := findEvent(e.events("bad"), ReasonInvalidConfig); ev.Type != "Warning" {
 		t.Errorf("event type = %s, want Warning", ev.Type)
@@ -148,6 +152,7 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 // An extproc replica stopped mid-run: the data is partial and nothing scales
 // down, however long it lasts; once it is unlisted, scale-down resumes.
 func TestStoppedExtprocReplicaBlocksScaleDown(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	a := e.replica("a")
@@ -187,6 +192,7 @@ func TestStoppedExtprocReplicaBlocksScaleDown(t *testing.T) {
 // Two controllers: only the leader writes; stopping the leader hands over
 // within the lease duration and the new leader makes the next decision.
 func TestLeaderElectionHandover(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	a := e.replica("a")
@@ -236,6 +242,7 @@ func TestLeaderElectionHandover(t *testing.T) {
 // /scale: the apiserver answers Conflict, the write is retried, and neither
 // change is lost.
 func TestConflictingUpdateIsRetried(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	a := e.replica("a")
@@ -292,6 +299,7 @@ func (p *partition) RoundTrip(r *http.Request) (*http.Response, error) {
 // apiserver) is replaced within the lease duration, and the new leader
 // makes the next decision.
 func TestLeaderLostTakeoverWithinLeaseDuration(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	a := e.replica("a")
@@ -327,6 +335,7 @@ func TestLeaderLostTakeoverWithinLeaseDuration(t *testing.T) {
 // scale-down-delay, it does not scale down before a full window (6s) of its
 // own data.
 func TestNewLeaderWaitsAFullWindowBeforeScaleDown(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
 	e.kubelet("llama") // pods become Ready, so no burst mode holds the count

@@ -6,12 +6,13 @@
 //
 //	func TestMain(m *testing.M) { os.Exit(controlplane.Main(m)) }
 //
-// and in each test take the admin config with controlplane.Config(t). When the
+// and in each test take the admin config with controlplane.Config(t): the
+// first call starts the control plane (≈ 5 s), Main stops it. When the
 // binaries are missing the tests skip with a message naming build.sh, unless
 // INFLIGHT_REQUIRE_CONTROLPLANE=1 is set (as in CI), in which case they fail.
 //
-// Concurrency: Main runs once per test binary before any test; Config may be
-// called from any goroutine afterwards (the state is written before m.Run).
+// Concurrency: Config may be called from any goroutine (the start runs
+// once); Main runs once per test binary.
 package controlplane
 
 import (
@@ -20,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,14 +92,12 @@ type Env struct {
 // Start checks the binaries and starts etcd and kube-apiserver on loopback.
 // The error wraps ErrMissing when the binaries have not been built.
 func Start() (*Env, error) {
+	if err := binaries(); err != nil {
+		return nil, err
+	}
 	dir, err := BinDir()
 	if err != nil {
 		return nil, err
-	}
-	for _, name := range []string{"kube-apiserver", "etcd"} {
-		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.IsDir() {
-			return nil, fmt.Errorf("%w (no %s in %s)", ErrMissing, name, dir)
-		}
 	}
 	ctrllog.SetLogger(logr.Discard())
 	e := &envtest.Environment{
@@ -126,20 +126,37 @@ func (e *Env) Stop() error { return e.env.Stop() }
 // Required reports whether INFLIGHT_REQUIRE_CONTROLPLANE=1.
 func Required() bool { return os.Getenv(RequireEnv) == "1" }
 
+// shared is the package's one control plane, started by the first Config
+// (or KubeConfig) call of a test binary and stopped by Main.
 var shared struct {
-	env *Env
-	err error
+	once sync.Once
+	env  *Env
+	err  error
 }
 
-// Main starts the control plane, runs the package's tests and stops it; it
-// returns the exit code for os.Exit. A missing control plane with
-// INFLIGHT_REQUIRE_CONTROLPLANE=1, or one that fails to start, makes it fail
-// without running tests; otherwise a missing one lets the tests skip.
-func Main(m *testing.M) int {
-	start := time.Now()
-	env, err := Start()
+// binaries checks that kube-apiserver and etcd exist; the error wraps
+// ErrMissing.
+func binaries() error {
+	dir, err := BinDir()
 	if err != nil {
-		shared.err = err
+		return err
+	}
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.IsDir() {
+			return fmt.Errorf("%w (no %s in %s)", ErrMissing, name, dir)
+		}
+	}
+	return nil
+}
+
+// Main runs the package's tests and stops the control plane if one of them
+// started it; it returns the exit code for os.Exit. The control plane starts
+// on the first Config call, so a test binary whose tests all skip (the long
+// tier is off) pays nothing. Missing binaries with
+// INFLIGHT_REQUIRE_CONTROLPLANE=1 make it fail without running tests;
+// otherwise tests that need them skip.
+func Main(m *testing.M) int {
+	if err := binaries(); err != nil {
 		if !errors.Is(err, ErrMissing) || Required() {
 			fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 			if errors.Is(err, ErrMissing) {
@@ -148,23 +165,34 @@ func Main(m *testing.M) int {
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "controlplane: %v; integration tests will skip\n", err)
-		return m.Run()
 	}
-	fmt.Fprintf(os.Stderr, "controlplane: kube-apiserver %s up in %v\n", env.Config.Host, time.Since(start).Round(10*time.Millisecond))
-	shared.env = env
 	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintf(os.Stderr, "controlplane: stop: %v\n", err)
-		if code == 0 {
-			code = 1
+	if shared.env != nil {
+		if err := shared.env.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "controlplane: stop: %v\n", err)
+			if code == 0 {
+				code = 1
+			}
 		}
 	}
 	return code
 }
 
-// KubeConfig writes an admin kubeconfig of the control plane that Main
-// started into the test's temporary directory and returns its path, or
-// skips (fails with INFLIGHT_REQUIRE_CONTROLPLANE=1) the test.
+// started starts the shared control plane once.
+func started() (*Env, error) {
+	shared.once.Do(func() {
+		start := time.Now()
+		shared.env, shared.err = Start()
+		if shared.err == nil {
+			fmt.Fprintf(os.Stderr, "controlplane: kube-apiserver %s up in %v\n", shared.env.Config.Host, time.Since(start).Round(10*time.Millisecond))
+		}
+	})
+	return shared.env, shared.err
+}
+
+// KubeConfig writes an admin kubeconfig of the shared control plane into
+// the test's temporary directory and returns its path, or skips (fails with
+// INFLIGHT_REQUIRE_CONTROLPLANE=1) the test.
 func KubeConfig(t testing.TB) string {
 	t.Helper()
 	Config(t)
@@ -175,18 +203,18 @@ func KubeConfig(t testing.TB) string {
 	return p
 }
 
-// Config returns a copy of the admin config of the control plane that Main
-// started, or skips (fails with INFLIGHT_REQUIRE_CONTROLPLANE=1) the test.
+// Config returns a copy of the admin config of the shared control plane,
+// starting it on the first call. Missing binaries skip the test (fail it
+// with INFLIGHT_REQUIRE_CONTROLPLANE=1); any other start failure fails it.
+// Call Main from TestMain so that the control plane is stopped.
 func Config(t testing.TB) *rest.Config {
 	t.Helper()
-	if shared.env == nil {
-		if shared.err == nil {
-			t.Fatal("controlplane.Config: call controlplane.Main from TestMain first")
+	env, err := started()
+	if err != nil {
+		if errors.Is(err, ErrMissing) && !Required() {
+			t.Skipf("%v", err)
 		}
-		if Required() {
-			t.Fatalf("%v (%s=1)", shared.err, RequireEnv)
-		}
-		t.Skipf("%v", shared.err)
+		t.Fatalf("%v (%s=%q)", err, RequireEnv, os.Getenv(RequireEnv))
 	}
-	return rest.CopyConfig(shared.env.Config)
+	return rest.CopyConfig(env.Config)
 }

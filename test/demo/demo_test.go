@@ -17,7 +17,7 @@ import (
 // with the cold start compressed by the speed.
 func TestAnnotationsValidAtEverySpeed(t *testing.T) {
 	for _, sp := range []float64{1, 2, 10, 20, 37, 100, 200} {
-		d := &demo{opt: defaultOptions(t.TempDir()), model: sim.DefaultModel()}
+		d := &demo{opt: DefaultOptions(t.TempDir()), model: sim.DefaultModel()}
 		d.opt.Speed = sp
 		ann := d.annotations()
 		cfg, err := scaling.ParseAnnotations(ann)
@@ -74,7 +74,7 @@ func TestLoadTrace(t *testing.T) {
 }
 
 func TestWritePNG(t *testing.T) {
-	d := &demo{opt: defaultOptions(t.TempDir()), trace: sim.Trace{Name: "t"}}
+	d := &demo{opt: DefaultOptions(t.TempDir()), trace: sim.Trace{Name: "t"}}
 	if err := d.writePNG(filepath.Join(t.TempDir(), "x.png")); err == nil {
 		t.Error("no samples: want an error")
 	}
@@ -100,8 +100,8 @@ func TestWritePNG(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	o := defaultOptions(t.TempDir())
-	if err := o.validate(); err != nil {
+	o := DefaultOptions(t.TempDir())
+	if err := o.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
 	for _, mut := range []func(*Options){
@@ -111,12 +111,19 @@ func TestValidate(t *testing.T) {
 		func(o *Options) { o.Target = 0 },
 		func(o *Options) { o.Envoy = "1.35" },
 		func(o *Options) { o.Minutes = 0 },
+		func(o *Options) { o.Tail = -time.Second },
 	} {
-		o := defaultOptions(t.TempDir())
+		o := DefaultOptions(t.TempDir())
 		mut(&o)
-		if err := o.validate(); err == nil {
+		if err := o.Validate(); err == nil {
 			t.Errorf("%+v: want an error", o)
 		}
+	}
+	// Every error at once.
+	o = DefaultOptions(t.TempDir())
+	o.Speed, o.Target, o.Envoy = 0, 0, "1.35"
+	if err := o.Validate(); err == nil || len(strings.Split(err.Error(), "\n")) != 3 {
+		t.Errorf("three bad flags: %v", err)
 	}
 }
 
@@ -137,7 +144,7 @@ func TestPrefixWriter(t *testing.T) {
 // (a clone has no ../shared).
 func TestDefaultTraceNeedsNothingOutsideTheRepository(t *testing.T) {
 	t.Chdir(t.TempDir())
-	tr, err := loadTrace(defaultOptions(t.TempDir()).Trace, "", 60)
+	tr, err := loadTrace(DefaultOptions(t.TempDir()).Trace, "", 60)
 	if err != nil || len(tr.Requests) < 19000 {
 		t.Fatalf("default trace: %d requests, %v", len(tr.Requests), err)
 	}

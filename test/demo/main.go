@@ -67,7 +67,8 @@ type Options struct {
 	Tail       time.Duration
 }
 
-func defaultOptions(root string) Options {
+// DefaultOptions are the demo's defaults for the repository at root.
+func DefaultOptions(root string) Options {
 	return Options{
 		Trace:      traces.AzureConv,
 		Speed:      20,
@@ -81,7 +82,8 @@ func defaultOptions(root string) Options {
 	}
 }
 
-func (o *Options) bind(fs *flag.FlagSet) {
+// AddFlags registers the flags on fs.
+func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Trace, "trace", o.Trace, "request trace: a built-in name ("+strings.Join(traces.Names(), ", ")+") or a CSV file (TIMESTAMP,ContextTokens,GeneratedTokens)")
 	fs.StringVar(&o.Shape, "shape", o.Shape, "replay a synthetic shape (step, ramp, flash-crowd, on-off, diurnal) drawn from the trace's requests instead of the trace itself")
 	fs.Float64Var(&o.Speed, "speed", o.Speed, "time compression: trace time, service times and cold starts run this many times faster")
@@ -97,23 +99,35 @@ func (o *Options) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Tail, "tail", o.Tail, "after the load, how long to wait for the scale-down to 1 replica (0: 4 × scale-down-delay + 30 s)")
 }
 
-func (o Options) validate() error {
-	switch {
-	case o.Speed < 1 || o.Speed > 200:
-		return fmt.Errorf("-speed %g: want between 1 and 200", o.Speed)
-	case o.Minutes <= 0:
-		return fmt.Errorf("-minutes %g: want > 0", o.Minutes)
-	case o.Initial < 1 || o.Initial > o.MaxReplica:
-		return fmt.Errorf("-initial %d: want between 1 and -max-replicas (%d)", o.Initial, o.MaxReplica)
-	case o.Target <= 0:
-		return fmt.Errorf("-target %g: want > 0", o.Target)
-	case o.MaxReplica < 1 || o.MaxReplica > 64:
-		return fmt.Errorf("-max-replicas %d: want between 1 and 64", o.MaxReplica)
+// Validate reports every invalid flag at once, naming it, its value and
+// what is allowed.
+func (o Options) Validate() error {
+	var errs []error
+	bad := func(flag string, v any, want string) {
+		errs = append(errs, fmt.Errorf("-%s %v: want %s", flag, v, want))
+	}
+	if o.Speed < 1 || o.Speed > 200 {
+		bad("speed", o.Speed, "between 1 and 200")
+	}
+	if !(o.Minutes > 0) {
+		bad("minutes", o.Minutes, "> 0")
+	}
+	if o.MaxReplica < 1 || o.MaxReplica > 64 {
+		bad("max-replicas", o.MaxReplica, "between 1 and 64")
+	}
+	if o.Initial < 1 || o.Initial > o.MaxReplica {
+		bad("initial", o.Initial, fmt.Sprintf("between 1 and -max-replicas (%d)", o.MaxReplica))
+	}
+	if !(o.Target > 0) {
+		bad("target", o.Target, "> 0")
+	}
+	if o.Tail < 0 {
+		bad("tail", o.Tail, "≥ 0 (0: 4 × scale-down-delay + 30 s)")
 	}
 	if _, err := replay.ParseVersions(o.Envoy); err != nil {
-		return fmt.Errorf("-envoy: %w", err)
+		errs = append(errs, fmt.Errorf("-envoy: %w", err))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -121,14 +135,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("run the demo from inside the repository: %w", err)
 	}
-	opt := defaultOptions(root)
+	opt := DefaultOptions(root)
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	opt.bind(fs)
+	opt.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := opt.validate(); err != nil {
+	if err := opt.Validate(); err != nil {
 		return err
 	}
 	tr, err := loadTrace(opt.Trace, opt.Shape, opt.Minutes)

@@ -27,6 +27,7 @@ import (
 	"github.com/inflight-dev/inflight/test/demo/fleet"
 	"github.com/inflight-dev/inflight/test/demo/replay"
 	"github.com/inflight-dev/inflight/test/demo/stack"
+	"github.com/inflight-dev/inflight/test/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -54,6 +55,7 @@ const (
 )
 
 func TestEndToEnd(t *testing.T) {
+	testutil.SkipUnlessLong(t)
 	cfg := controlplane.Config(t) // skips or fails when the binaries are missing
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -1,6 +1,13 @@
 // Package testutil holds the small helpers that tests across the project
-// share: a free loopback address and golden-file comparison. It has no state
-// and is imported by tests only.
+// share: the test tiers (Long, SkipUnlessLong), a free loopback address and
+// golden-file comparison. It has no state and is imported by tests only.
+//
+// Tiers: `go test ./...` is the inner loop (unit tests, fuzz seeds, harness
+// scenarios, short integration tests). The long tier — exactness at full
+// size, the end-to-end test, the real Prometheus, the controller's
+// scale-up/scale-down scenarios against the real API server — runs only
+// with INFLIGHT_LONG=1, which `make test` and CI always set. A long test
+// calls SkipUnlessLong first; its skip message names the variable.
 package testutil
 
 import (
@@ -10,6 +17,20 @@ import (
 	"path/filepath"
 	"testing"
 )
+
+// LongEnv names the environment variable that turns the long tier on.
+const LongEnv = "INFLIGHT_LONG"
+
+// Long reports whether the long tier runs (INFLIGHT_LONG=1).
+func Long() bool { return os.Getenv(LongEnv) == "1" }
+
+// SkipUnlessLong skips t unless the long tier runs.
+func SkipUnlessLong(t testing.TB) {
+	t.Helper()
+	if !Long() {
+		t.Skipf("long tier: set %s=1 to run it (make test and CI do)", LongEnv)
+	}
+}
 
 // FreeAddr returns a 127.0.0.1 address whose port was free a moment ago.
 func FreeAddr(t testing.TB) string {

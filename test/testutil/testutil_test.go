@@ -43,3 +43,27 @@ func TestGoldenWritesThenCompares(t *testing.T) {
 		t.Fatal("a differing output passed")
 	}
 }
+
+func TestLongFollowsTheEnvironment(t *testing.T) {
+	t.Setenv(LongEnv, "1")
+	if !Long() {
+		t.Fatal("INFLIGHT_LONG=1: Long() = false")
+	}
+	SkipUnlessLong(t) // must not skip
+	t.Setenv(LongEnv, "")
+	if Long() {
+		t.Fatal("INFLIGHT_LONG unset: Long() = true")
+	}
+	skipped := false
+	ft := &testing.T{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { skipped = ft.Skipped() }()
+		SkipUnlessLong(ft)
+	}()
+	<-done
+	if !skipped {
+		t.Fatal("INFLIGHT_LONG unset: SkipUnlessLong did not skip")
+	}
+}

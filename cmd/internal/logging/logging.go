@@ -1,9 +1,11 @@
 // Package logging is the zap set-up shared by inflight's binaries: the
 // --log-level and --log-format flags, their validation and the logger. It
-// holds no state; each binary builds its own logger from its Options.
+// holds no state; each binary embeds Options in its own and builds its
+// logger from it.
 package logging
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"strconv"
@@ -18,18 +20,18 @@ type Options struct {
 	Format string // json (production) or console
 }
 
-// Defaults are JSON logs at info level.
-func Defaults() Options { return Options{Level: "info", Format: "json"} }
+// DefaultOptions are JSON logs at info level.
+func DefaultOptions() Options { return Options{Level: "info", Format: "json"} }
 
-// Bind registers --log-level and --log-format on fs.
-func (o *Options) Bind(fs *flag.FlagSet) {
+// AddFlags registers --log-level and --log-format on fs.
+func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Level, "log-level", o.Level, "debug, info, warn or error")
 	fs.StringVar(&o.Format, "log-format", o.Format, "json or console")
 }
 
-// Validate returns one error per invalid flag, naming it, its value and
+// Validate reports every invalid flag at once, naming it, its value and
 // what is allowed.
-func (o Options) Validate() []error {
+func (o Options) Validate() error {
 	var errs []error
 	if _, err := zapcore.ParseLevel(o.Level); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level=%s: want debug, info, warn or error", strconv.Quote(o.Level)))
@@ -37,7 +39,7 @@ func (o Options) Validate() []error {
 	if o.Format != "json" && o.Format != "console" {
 		errs = append(errs, fmt.Errorf("--log-format=%s: want json or console", strconv.Quote(o.Format)))
 	}
-	return errs
+	return errors.Join(errs...)
 }
 
 // New builds the logger. Request data (headers, paths, bodies) must never be

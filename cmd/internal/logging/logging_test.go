@@ -6,15 +6,15 @@ import (
 	"testing"
 )
 
-func TestBindValidateNew(t *testing.T) {
-	o := Defaults()
+func TestAddFlagsValidateNew(t *testing.T) {
+	o := DefaultOptions()
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	o.Bind(fs)
+	o.AddFlags(fs)
 	if err := fs.Parse([]string{"--log-level=warn", "--log-format=console"}); err != nil {
 		t.Fatal(err)
 	}
-	if errs := o.Validate(); len(errs) != 0 {
-		t.Fatal(errs)
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
 	}
 	l, err := o.New()
 	if err != nil {
@@ -24,9 +24,14 @@ func TestBindValidateNew(t *testing.T) {
 		t.Fatal("level warn not applied")
 	}
 	bad := Options{Level: "loud", Format: "xml"}
-	errs := bad.Validate()
-	if len(errs) != 2 || !strings.Contains(errs[0].Error(), `--log-level="loud"`) || !strings.Contains(errs[1].Error(), `--log-format="xml"`) {
-		t.Fatalf("errors %v", errs)
+	err = bad.Validate()
+	if err == nil {
+		t.Fatal("no error for two invalid flags")
+	}
+	// Every error at once, one line each.
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `--log-level="loud"`) || !strings.Contains(lines[1], `--log-format="xml"`) {
+		t.Fatalf("errors %q", lines)
 	}
 	if _, err := bad.New(); err == nil {
 		t.Fatal("New accepted an invalid level")

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/inflight-dev/inflight/extproc"
 )
 
@@ -46,13 +48,13 @@ type target struct {
 	since              time.Time // of the last in-flight change
 }
 
-// NewReplica starts a replica on 127.0.0.1. now is its clock (nil:
-// time.Now). Close it when done.
-func NewReplica(name string, now func() time.Time) *Replica {
-	if now == nil {
-		now = time.Now
+// NewReplica starts a replica on 127.0.0.1. clk is its clock (nil: the
+// real clock). Close it when done.
+func NewReplica(name string, clk clock.PassiveClock) *Replica {
+	if clk == nil {
+		clk = clock.RealClock{}
 	}
-	r := &Replica{Name: name, now: now, targets: map[key]*target{}, version: extproc.SnapshotVersion}
+	r := &Replica{Name: name, now: clk.Now, targets: map[key]*target{}, version: extproc.SnapshotVersion}
 	r.bootID = fmt.Sprintf("boot-%d", boots.Add(1))
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	return r
