@@ -37,6 +37,8 @@ race:
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzResolve -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzLastXFCCElement -fuzztime $(FUZZTIME) ./mesh
+	$(GO) test -run XXX -fuzz FuzzParseSPIFFE -fuzztime $(FUZZTIME) ./mesh
 	$(GO) test -run XXX -fuzz FuzzProcess -fuzztime $(FUZZTIME) ./extproc
 
 ## build: the binaries into bin/

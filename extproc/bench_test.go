@@ -16,7 +16,7 @@ func BenchmarkProcess(b *testing.B) {
 	msgs := []*extprocv3.ProcessingRequest{reqHeaders(false), respHeaders(false, false),
 		respBody(false, false), respBody(false, false), respBody(false, false), respBody(true, false)}
 	tr := NewTracker(TrackerOptions{})
-	srv := NewServer(tr, nil, nil)
+	srv := NewServer(tr, ServerOptions{})
 	st := &scriptStream{final: io.EOF, sent: make([]*extprocv3.ProcessingResponse, 0, len(msgs))}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -72,7 +72,7 @@ func FuzzProcess(f *testing.F) {
 		msgs, final, sendErr := decodeScript(data)
 		tr := NewTracker(TrackerOptions{})
 		m := newMetrics()
-		srv := NewServer(tr, m, nil)
+		srv := NewServer(tr, ServerOptions{Metrics: m})
 		st := &scriptStream{msgs: msgs, final: final, sendErr: sendErr}
 		_ = srv.Process(st)
 		started := checkDrained(t, tr)

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"context"
 	"errors"
 	"io"
 
@@ -36,20 +37,40 @@ type Server struct {
 	tracker *Tracker
 	metrics *Metrics
 	log     *zap.Logger
+	auth    Authenticator
+	policy  *mesh.CallerPolicy
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
-// NewServer returns a Server that counts into tracker. metrics and log may be
-// nil.
-func NewServer(tracker *Tracker, metrics *Metrics, log *zap.Logger) *Server {
-	if log == nil {
-		log = zap.NewNop()
+// ServerOptions configures a Server. The zero value trusts the request
+// attributes: a development setting (the binary allows it only on
+// loopback); production sets Authenticator and Policy.
+type ServerOptions struct {
+	// Metrics and Log may be nil.
+	Metrics *Metrics
+	Log     *zap.Logger
+	// Authenticator establishes the calling proxy's mesh identity per
+	// stream, and Policy decides which namespaces it may count for. Both
+	// or neither: with neither, the namespace a request's attributes claim
+	// is believed.
+	Authenticator Authenticator
+	Policy        *mesh.CallerPolicy
+}
+
+// NewServer returns a Server that counts into tracker.
+func NewServer(tracker *Tracker, o ServerOptions) *Server {
+	s := &Server{tracker: tracker, metrics: o.Metrics, log: o.Log, auth: o.Authenticator, policy: o.Policy}
+	if s.log == nil {
+		s.log = zap.NewNop()
 	}
-	if metrics == nil {
-		metrics = newMetrics()
+	if s.metrics == nil {
+		s.metrics = newMetrics()
 	}
-	return &Server{tracker: tracker, metrics: metrics, log: log}
+	if (s.auth == nil) != (s.policy == nil) {
+		panic("extproc.NewServer: Authenticator and Policy must be set together")
+	}
+	return s
 }
 
 // Process handles one ext_proc stream, i.e. one HTTP request.
@@ -85,8 +106,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			// violation; it is answered but never counted twice.
 			if !started {
 				started = true
-				t, reason := mesh.Resolve(requestAttributes(msg))
-				req = s.tracker.Start(t, reason)
+				req = s.start(stream.Context(), msg)
 			}
 		case evEnd:
 			end(cause)
@@ -102,6 +122,24 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return nil
 		}
 	}
+}
+
+// start counts the request a request_headers message begins: for the
+// target its attributes name if the caller may speak for that namespace,
+// else under the reason why not. This is the per-request decision point
+// after request_headers.
+func (s *Server) start(ctx context.Context, msg *extprocv3.ProcessingRequest) Request {
+	t, reason := mesh.Resolve(requestAttributes(msg))
+	if s.auth != nil {
+		caller, ok := s.auth.Caller(ctx)
+		switch {
+		case !ok:
+			t, reason = mesh.Target{}, mesh.ReasonUnauthenticated
+		case reason == mesh.ReasonNone:
+			reason = s.policy.Authorize(caller, t)
+		}
+	}
+	return s.tracker.Start(t, reason)
 }
 
 // streamEnded ends the request for a stream that stopped with err, and

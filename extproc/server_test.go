@@ -177,7 +177,7 @@ func TestProcessScenarios(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := NewTracker(TrackerOptions{})
 			m := newMetrics()
-			srv := NewServer(tr, m, nil)
+			srv := NewServer(tr, ServerOptions{Metrics: m})
 			msgs := tc.msgs(tc.obs)
 			st := &scriptStream{msgs: msgs, final: tc.final}
 			err := srv.Process(st)
@@ -221,7 +221,7 @@ func TestProcessScenarios(t *testing.T) {
 
 func TestProcessSendFailureReleases(t *testing.T) {
 	tr := NewTracker(TrackerOptions{})
-	srv := NewServer(tr, nil, nil)
+	srv := NewServer(tr, ServerOptions{})
 	st := &scriptStream{msgs: []*extprocv3.ProcessingRequest{reqHeaders(false)}, final: io.EOF,
 		sendErr: status.Error(codes.Unavailable, "gone")}
 	if err := srv.Process(st); err == nil {
@@ -234,7 +234,7 @@ func TestProcessSendFailureReleases(t *testing.T) {
 
 func TestProcessResolvesTarget(t *testing.T) {
 	tr := NewTracker(TrackerOptions{})
-	srv := NewServer(tr, nil, nil)
+	srv := NewServer(tr, ServerOptions{})
 	st := &scriptStream{msgs: []*extprocv3.ProcessingRequest{reqHeaders(false)}, final: errors.New("x")}
 	_ = srv.Process(st)
 	recs := tr.Records()

@@ -30,9 +30,16 @@ type TargetRecord struct {
 	Workload  string `json:"workload"`
 	Service   string `json:"service"`
 	Pod       string `json:"pod"`
-	// Reason is empty for a fully identified target; for the catch-all
-	// targets it says why a request could not be attributed ("unknown:…",
-	// "overflow").
+	// Reason is empty for a target the request was counted for. Otherwise
+	// the record is a catch-all that no workload may be scaled on, and
+	// Reason (a mesh.Reason) says why its requests were not attributed:
+	// missing or malformed attributes ("no_attributes",
+	// "malformed_cluster_name", "no_namespace", "no_workload",
+	// "invalid_name", "unsupported_cluster"), a caller whose mesh identity
+	// is unknown ("unauthenticated") or may not speak for the claimed
+	// namespace ("unauthorized"), or the bound on distinct targets
+	// ("overflow"). New values may be added; a reader must treat any
+	// non-empty Reason alike.
 	Reason string `json:"reason,omitempty"`
 
 	InFlight  int64  `json:"in_flight"`

@@ -61,9 +61,20 @@ const (
 	ReasonNoWorkload     Reason = "no_workload"
 	ReasonInvalidName    Reason = "invalid_name"
 	ReasonUnknownCluster Reason = "unsupported_cluster"
+	// ReasonUnauthenticated: the calling proxy's mesh identity could not be
+	// established (no, malformed or forged x-forwarded-client-cert, no
+	// client certificate). Such a request counts for nobody.
+	ReasonUnauthenticated Reason = "unauthenticated"
+	// ReasonUnauthorized: the caller's identity may not speak for the
+	// namespace its attributes claim (CallerPolicy).
+	ReasonUnauthorized Reason = "unauthorized"
 	// ReasonOverflow is not returned by Resolve: the tracker uses it when the
-	// number of distinct targets reaches its bound.
+	// number of distinct targets reaches its global bound.
 	ReasonOverflow Reason = "overflow"
+	// ReasonNamespaceOverflow is not returned by Resolve: the tracker uses it,
+	// with the target's namespace kept, when one namespace reaches its own
+	// bound on distinct targets.
+	ReasonNamespaceOverflow Reason = "namespace_overflow"
 )
 
 // Attributes gives the string value of an attribute, if Envoy sent one.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/testutil"
 )
 
@@ -27,6 +30,17 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		{[]string{"--max-targets=0"}, []string{"--max-targets=0", "1 to 100000"}},
 		{[]string{"--drain-timeout=-1s"}, []string{"--drain-timeout=-1s", "0s to 10m"}},
 		{[]string{"--log-level=loud"}, []string{`--log-level="loud"`}},
+		{[]string{"--caller-identity=none"}, []string{`--caller-identity="none"`, "xfcc, mtls or trust-attributes"}},
+		{[]string{"--caller-identity=trust-attributes", "--grpc-listen=:9002"}, []string{`--grpc-listen=":9002"`, "loopback"}},
+		{[]string{"--caller-identity=trust-attributes", "--grpc-listen=10.0.0.1:9002"}, []string{"loopback"}},
+		{[]string{"--caller-identity=trust-attributes", "--grpc-listen=127.0.0.1:9002", "--gateway-identity=spiffe://cluster.local/ns/gw/sa/gw"},
+			[]string{"--gateway-identity needs"}},
+		{[]string{"--xfcc-by=inflight-extproc"}, []string{`--xfcc-by="inflight-extproc"`, "spiffe://"}},
+		{[]string{"--gateway-identity=istio-ingressgateway"}, []string{"gateway-identity", "not a SPIFFE ID"}},
+		{[]string{"--caller-identity=mtls", "--tls-key=", "--tls-reload-interval=0s"}, []string{"--tls-key is empty", "--tls-reload-interval=0s"}},
+		// Every error at once.
+		{[]string{"--max-targets=0", "--drain-timeout=-1s", "--log-format=xml"},
+			[]string{"--max-targets=0", "--drain-timeout=-1s", `--log-format="xml"`}},
 	}
 	for _, c := range cases {
 		err := run(context.Background(), c.args)
@@ -45,59 +59,90 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
+	if o.CallerIdentity != identityXFCC {
+		t.Fatalf("the default must authenticate callers, got --caller-identity=%s", o.CallerIdentity)
+	}
+	for _, addr := range []string{"127.0.0.1:9002", "[::1]:9002", "localhost:9002"} {
+		o.CallerIdentity, o.GRPCListen = identityTrustAttributes, addr
+		if err := o.Validate(); err != nil {
+			t.Fatalf("trust-attributes on %s: %v", addr, err)
+		}
+	}
 }
 
-// TestRunServesAndDrains runs the binary's run(): it serves the gRPC health
-// service and the admin endpoints, and returns cleanly when its context ends.
-func TestRunServesAndDrains(t *testing.T) {
-	grpcAddr, adminAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+// running is run() in this test process, with its addresses.
+type running struct {
+	grpc, admin string
+	cancel      context.CancelFunc // SIGTERM
+	done        chan error
+}
+
+// startRun runs run() with args plus loopback listeners and waits until
+// /readyz answers 200. The test ends it (and checks it returned nil) unless
+// it already did.
+func startRun(t *testing.T, args ...string) *running {
+	t.Helper()
+	r := &running{grpc: testutil.FreeAddr(t), admin: testutil.FreeAddr(t), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--grpc-listen", grpcAddr, "--admin-listen", adminAddr,
-			"--replica-name", "test-0", "--drain-timeout", "1s", "--log-level", "error"})
-	}()
-	defer func() {
+	r.cancel = cancel
+	args = append([]string{"--grpc-listen", r.grpc, "--admin-listen", r.admin, "--replica-name", "test-0", "--log-level", "error"}, args...)
+	go func() { r.done <- run(ctx, args) }()
+	t.Cleanup(func() {
 		cancel()
 		select {
-		case err := <-done:
+		case err := <-r.done:
 			if err != nil {
 				t.Errorf("run: %v", err)
 			}
-		case <-time.After(30 * time.Second):
+		case <-time.After(60 * time.Second):
 			t.Error("run did not return after its context ended")
 		}
-	}()
+	})
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := client.Get("http://" + adminAddr + "/readyz")
+		resp, err := client.Get("http://" + r.admin + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return r
 			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("not ready within 20s: %v", err)
 		}
 		select {
-		case err := <-done:
+		case err := <-r.done:
 			t.Fatalf("run returned early: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	resp, err := client.Get("http://" + adminAddr + "/v1/snapshot")
+}
+
+// snapshot reads /v1/snapshot.
+func (r *running) snapshot(t *testing.T) extproc.Snapshot {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + r.admin + "/v1/snapshot")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	var s extproc.Snapshot
-	err = json.NewDecoder(resp.Body).Decode(&s)
-	resp.Body.Close()
-	if err != nil || s.Version != extproc.SnapshotVersion || s.Replica != "test-0" || len(s.BootID) != 16 {
-		t.Fatalf("snapshot %+v, %v", s, err)
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return s
+}
+
+// TestRunServesAndDrains runs the binary's run(): it serves the gRPC health
+// service and the admin endpoints, and returns cleanly when its context ends.
+func TestRunServesAndDrains(t *testing.T) {
+	r := startRun(t, "--drain-timeout", "1s")
+	s := r.snapshot(t)
+	if s.Version != extproc.SnapshotVersion || s.Replica != "test-0" || len(s.BootID) != 16 {
+		t.Fatalf("snapshot %+v", s)
+	}
+	conn, err := grpc.NewClient(r.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,5 +152,63 @@ func TestRunServesAndDrains(t *testing.T) {
 	h, err := healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{})
 	if err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("gRPC health: %v, %v", h, err)
+	}
+}
+
+const extprocID = "spiffe://cluster.local/ns/inflight-system/sa/inflight-extproc"
+
+// countsOf sums started requests per namespace/workload/service/reason.
+func countsOf(s extproc.Snapshot) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, r := range s.Targets {
+		out[r.Namespace+"/"+r.Workload+"/"+r.Service+"/"+r.Reason] += r.Started
+	}
+	return out
+}
+
+// TestRunMTLS: with --caller-identity=mtls the binary terminates mTLS with
+// istio-agent's files and counts a claim only for the caller's namespace,
+// or for a listed gateway's Services.
+func TestRunMTLS(t *testing.T) {
+	ca := testutil.NewMeshCA(t, "mesh")
+	sc, sk, _ := ca.Issue(t, extprocID)
+	dir := t.TempDir()
+	files := map[string][]byte{"cert-chain.pem": sc, "key.pem": sk, "root-cert.pem": ca.PEM}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw := "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+	r := startRun(t, "--caller-identity", "mtls", "--tls-cert-chain", filepath.Join(dir, "cert-chain.pem"),
+		"--tls-key", filepath.Join(dir, "key.pem"), "--tls-root-cert", filepath.Join(dir, "root-cert.pem"),
+		"--gateway-identity", gw+"=models")
+	send := func(id string, attrs map[string]any) {
+		_, _, cert := ca.Issue(t, id)
+		c, err := envoy.NewClient(envoy.Config{Profile: envoy.Control, Version: envoy.Envoy137, MessageTimeout: 5 * time.Second,
+			TLS: testutil.ProxyTLS(ca.Pool(), &cert, extprocID)}, r.grpc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if res := c.Do(context.Background(), &envoy.Request{Attributes: attrs}); res.FailOpen {
+			t.Fatalf("%s: fail-open: %v", id, res.ProcessorErr)
+		}
+		c.Wait()
+	}
+	pod := envoy.InboundAttributes("models", "vllm", "vllm", "vllm-7d9f8b6c5d-x2k9p", "10.0.0.7", 8000)
+	send("spiffe://cluster.local/ns/models/sa/vllm", pod)
+	send("spiffe://cluster.local/ns/attacker/sa/default", pod)
+	send(gw, envoy.GatewayAttributes("models", "vllm", 8000))
+	send(gw, envoy.GatewayAttributes("other", "llm", 8000))
+	got := countsOf(r.snapshot(t))
+	want := map[string]uint64{"models/vllm/vllm/": 1, "models//vllm/": 1, "///unauthorized": 2}
+	if len(got) != len(want) {
+		t.Fatalf("counts %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("counts %v, want %v", got, want)
+		}
 	}
 }

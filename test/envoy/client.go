@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,14 @@ func NewClient(cfg Config, addrs ...string) (*Client, error) {
 				if err != nil {
 					return nil, err
 				}
+				if cfg.TLS != nil {
+					tc := tls.Client(nc, withH2(cfg.TLS))
+					if err := tc.HandshakeContext(ctx); err != nil {
+						nc.Close()
+						return nil, err
+					}
+					return tab.wrap(tc), nil
+				}
 				return tab.wrap(nc), nil
 			}
 			cc, err := grpc.NewClient("passthrough:///"+a,
@@ -96,6 +105,16 @@ func NewClient(cfg Config, addrs ...string) (*Client, error) {
 		c.replicas = append(c.replicas, rep)
 	}
 	return c, nil
+}
+
+// withH2 offers "h2" by ALPN unless the configuration names protocols.
+func withH2(c *tls.Config) *tls.Config {
+	if len(c.NextProtos) > 0 {
+		return c
+	}
+	c = c.Clone()
+	c.NextProtos = []string{"h2"}
+	return c
 }
 
 func checkLoopback(addr string) error {
@@ -494,6 +513,9 @@ func (f *filter) open() error {
 	f.ws = cn.tab.register(f.tag)
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx = metadata.AppendToOutgoingContext(ctx, StreamTagHeader, strconv.FormatUint(f.tag, 10))
+	for k, v := range f.c.cfg.Metadata {
+		ctx = metadata.AppendToOutgoingContext(ctx, k, v)
+	}
 	st, err := cn.client.Process(ctx)
 	if err != nil {
 		cancel()

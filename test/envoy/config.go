@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"crypto/tls"
 	"fmt"
 	"time"
 
@@ -139,6 +140,15 @@ type Config struct {
 	// ConnsPerReplica is the number of HTTP/2 connections to each replica
 	// (Envoy has one pool per worker thread). Default 1.
 	ConnsPerReplica int
+
+	// TLS, if set, is the calling proxy's side of mTLS to the servers (its
+	// workload certificate and the mesh roots). The harness does the
+	// handshake itself, under gRPC, so its wire tracking still reads the
+	// HTTP/2 frames; "h2" is offered by ALPN when NextProtos is empty.
+	TLS *tls.Config
+	// Metadata is sent as gRPC metadata on every side stream, e.g. the
+	// x-forwarded-client-cert that the extproc's own sidecar would add.
+	Metadata map[string]string
 
 	// UncertainWindow bounds what Result.Uncertain calls "reset right after
 	// its first message" (ENVOY.md §2). Default 5 ms.

@@ -216,7 +216,7 @@ func run(args []string, out io.Writer) error {
 		argv func(grpcAddr, adminAddr string) []string
 	}{
 		{"extproc", func(g, a string) []string {
-			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error"}
+			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error", "--caller-identity", "trust-attributes"}
 		}},
 		{"null", func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
 	}

@@ -43,7 +43,7 @@ func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
 			t.Fatal(err)
 		}
 		gs := grpc.NewServer(opts...)
-		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, m, nil))
+		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, extproc.ServerOptions{Metrics: m}))
 		go func() { _ = gs.Serve(lis) }()
 		t.Cleanup(gs.Stop)
 		reps[i] = &Replica{Tracker: tr, Registry: reg, Server: gs, Addr: lis.Addr().String()}
