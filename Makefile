@@ -45,9 +45,9 @@ fuzz:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-## bench: extproc against a CONTINUE-only null processor, same load, alternating rounds (≈ 3½ min)
+## bench: extproc against a CONTINUE-only null processor on the shipped modes of both profiles at 1, 50, 200 and 1,000 response chunks, same load, alternating rounds (≈ 8 min)
 bench:
-	$(GO) run ./test/loadgen -duration 20s -concurrency 64 -rounds 3
+	$(GO) run ./test/loadgen -duration 5s -concurrency 64 -rounds 3 -profiles observe,control -chunks 1,50,200,1000
 	$(GO) test -run XXX -bench . -benchtime 20000x ./extproc
 	$(GO) test -run XXX -bench Decide ./scaling
 	$(GO) test -run XXX -bench Tick -benchtime 20x ./scaling/kube
