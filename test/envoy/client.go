@@ -36,8 +36,8 @@ var ErrMessageTimeout = errors.New("ext_proc_error_per-message_timeout_exceeded"
 // holds ConnsPerReplica grpc.ClientConns per replica and picks one per side
 // stream. Do may be called from many goroutines at once.
 type Client struct {
-	cfg      Config
-	spec     *filterSpec
+	cfg  Config
+	spec *filterSpec
 	// endpoints are every server ever given, in order (StreamInfo.Replica
 	// indexes them); active are the indices of those new streams may use
 	// (the cluster's EDS set), replaced by SetEndpoints.
