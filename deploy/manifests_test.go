@@ -243,6 +243,11 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
 		t.Errorf("%s: container securityContext %+v: want non-root, read-only root fs, no privilege escalation, drop ALL", d.Name, sc)
 	}
+	// An image is named by a release tag or a digest, never a moving tag.
+	name, tag, _ := strings.Cut(c.Image[strings.LastIndex(c.Image, "/")+1:], ":")
+	if tag == "" && !strings.Contains(name, "@sha256:") || strings.HasPrefix(tag, "latest") {
+		t.Errorf("%s: image %q: want a release tag or a sha256 digest, not latest", d.Name, c.Image)
+	}
 	probe := func(what string, p *corev1.Probe, path string) {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "admin" {
 			t.Errorf("%s: %s probe %+v: want GET %s on port admin", d.Name, what, p, path)

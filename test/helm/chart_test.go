@@ -348,6 +348,7 @@ func TestChartSchema(t *testing.T) {
 	}{
 		"unknown key":        {map[string]any{"extproc": map[string]any{"replica": 3}}, "replica"},
 		"zero replicas":      {map[string]any{"controller": map[string]any{"replicas": 0}}, "replicas"},
+		"moving tag":         {map[string]any{"images": map[string]any{"controller": map[string]any{"tag": "latest"}}}, "tag"},
 		"bad digest":         {map[string]any{"images": map[string]any{"extproc": map[string]any{"digest": "sha256:xyz"}}}, "digest"},
 		"bad profile":        {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "profile": "fast"}}}, "profile"},
 		"bad generation":     {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "generations": []any{"1.22"}}}}, "generations"},
