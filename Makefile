@@ -5,11 +5,16 @@ CACHE := $(CURDIR)/.cache
 CONTROLPLANE_BIN := $(CACHE)/controlplane/bin
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE_BIN)
 
-.PHONY: test deps controlplane lint race fuzz bench build sim
+.PHONY: test test-nested deps controlplane lint race fuzz bench build sim
 
 ## test: everything CI checks (builds the test control plane once, cached in .cache/)
-test: deps controlplane lint race
+test: deps controlplane lint race test-nested
 	INFLIGHT_REQUIRE_CONTROLPLANE=1 INFLIGHT_LONG=1 $(GO) test -count=1 -timeout 45m ./...
+
+## test-nested: the nested test modules (their dependency graphs stay out of go.mod): test/helm (the Helm chart)
+NESTED := test/helm
+test-nested: controlplane
+	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) vet ./... && INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -count=1 -timeout 20m ./...) || exit 1; done
 
 ## deps: Debian's prometheus/promtool (dashboard and alert checks), installed when missing
 deps:
