@@ -77,6 +77,7 @@ func BenchmarkTick(b *testing.B) {
 	}
 	o := DefaultOptions()
 	o.Identity = "bench"
+	o.FetchTimeout = 5 * time.Second // a loaded machine must not turn a slow fetch into a partial tick
 	c, err := New(fake.NewClientset(objs...), o, nil, NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		b.Fatal(err)

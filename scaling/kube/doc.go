@@ -9,13 +9,27 @@
 // invalid annotation. The policy and the annotation parsing are not here:
 // they come from package scaling.
 //
+// One file per concept:
+//
+//	controller.go  wiring: informers, indexers, Event recorder; Run
+//	election.go    the leader election loop (elect) and the leader's tick loop
+//	tick.go        one tick: fetch → decide per workload → write → publish
+//	config.go      the annotations of a workload: parse, warn, keep the last valid
+//	pods.go        a Deployment's pods: ready, starting, observed cold starts
+//	endpoints.go   the extproc replicas from the EndpointSlices
+//	scale.go       /scale writes (bounded errgroup, conflict retries) and their Events
+//	status.go      GET /v1/status
+//	metrics.go     the Prometheus metrics
+//	options.go     Options: defaults, flags, validation
+//
 // A new leadership term starts with fresh autoscalers, so a new leader
 // never scales down before it has a full window of its own data.
 //
 // Concurrency: Run starts the informers and the election; the leader's tick
 // loop is one goroutine that owns every per-workload state and never holds
 // a lock across network I/O (snapshot fetches and /scale writes run with no
-// lock; writes of one tick run in parallel on a bounded pool). The status
-// the tick publishes is an immutable value behind a mutex, read by Status
-// from any goroutine. Metrics are registered on the injected registry.
+// lock; writes of one tick run in parallel on a bounded pool, each writing
+// only its own write value). The status the tick publishes is an immutable
+// value behind a mutex, read by Status from any goroutine. Metrics are
+// registered on the injected registry.
 package kube

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
+	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/test/testutil"
 )
 
@@ -361,7 +362,7 @@ func TestNewLeaderWaitsAFullWindowBeforeScaleDown(t *testing.T) {
 	if d := firstDown.Sub(took); d < 6*time.Second {
 		t.Errorf("new leader scaled down %v after taking over, before one window (6s) of its own data", d)
 	}
-	if got := r2.metric(t, "inflight_controller_decisions_total", map[string]string{"reason": "warming-up"}); got < 1 {
-		t.Errorf("decisions_total{reason=warming-up} = %v on the new leader, want ≥ 1", got)
+	if got := r2.metric(t, "inflight_controller_decisions_total", map[string]string{"reason": scaling.CauseWarmingUp.String()}); got < 1 {
+		t.Errorf("decisions_total{reason=warming_up} = %v on the new leader, want ≥ 1", got)
 	}
 }

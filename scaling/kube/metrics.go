@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		invalidConfigs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "invalid_configs_total", Help: "Invalid annotation sets seen (each distinct invalid set counts once)."}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
-			Name: "decisions_total", Help: "Policy decisions by direction (up, down, hold) and reason."}, []string{"direction", "reason"}),
+			Name: "decisions_total", Help: "Policy decisions by direction (up, down, hold) and reason (the policy's typed cause: no_data, demand, trend, burst, ...)."}, []string{"direction", "reason"}),
 		scaleWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "scale_writes_total", Help: "Writes of spec.replicas through the scale subresource by result (ok, error)."}, []string{"result"}),
 		scaleConflicts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
@@ -116,7 +116,7 @@ func (m *Metrics) workload(w collect.Workload, cfg scaling.Config, o scaling.Obs
 		p = 1
 	}
 	m.panicG.WithLabelValues(l...).Set(p)
-	m.decisions.WithLabelValues(d.Direction.String(), reasonLabel(d)).Inc()
+	m.decisions.WithLabelValues(d.Direction.String(), d.Cause.String()).Inc()
 }
 
 func (m *Metrics) forget(w collect.Workload) {

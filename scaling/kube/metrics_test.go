@@ -28,9 +28,9 @@ func TestMetricsGolden(t *testing.T) {
 	obs := scaling.Observation{Concurrency: 17.5, InFlight: 18, Ready: 3, Starting: 1, Requested: 4, ColdStart: 95 * time.Second}
 	cfg := scaling.DefaultConfig(4)
 	d := scaling.Decision{Desired: 5, Current: 4, Direction: scaling.Up, StableDemand: 16.25,
-		PanicDemand: 18.5, Trend: 1.25, Panicking: true, Reason: "in-flight 18.5, target 4 per replica, panic: 4 → 5"}
+		PanicDemand: 18.5, Trend: 1.25, Panicking: true, Cause: scaling.CauseBurst, Reason: "in-flight 18.5, target 4 per replica, panic: 4 → 5"}
 	m.workload(w, cfg, obs, d)
-	m.workload(gone, cfg, obs, scaling.Decision{Reason: "partial data: no scale-down: 1 → 1"})
+	m.workload(gone, cfg, obs, scaling.Decision{Cause: scaling.CausePartial, Reason: "partial data: no scale-down: 1 → 1"})
 	m.forget(gone)
 	m.setInvalid(w, false)
 	m.invalidConfigs.Inc()
@@ -71,26 +71,49 @@ func TestMetricsGolden(t *testing.T) {
 	}
 }
 
-func TestReasonLabelIsBounded(t *testing.T) {
-	cases := map[string]scaling.Decision{
-		"no-data":          {Reason: "no observation yet"},
-		"partial-data":     {Reason: "in-flight 0.0, target 1 per replica, partial data: no scale-down: 4 → 4"},
-		"warming-up":       {Reason: "in-flight 0.0, target 1 per replica, less than one window of data: no scale-down: 4 → 4"},
-		"panic":            {Reason: "in-flight 9.0, target 1 per replica, panic: 1 → 9", Panicking: true},
-		"cold-start":       {Reason: "in-flight 9.0, target 1 per replica, 2 starting: capped at 3: 1 → 3"},
-		"scale-down-delay": {Reason: "in-flight 1.0, target 1 per replica, holding for scale-down-delay 2s: 4 → 4"},
-		"rate-cap":         {Reason: "in-flight 1.0, target 1 per replica, capped by max-scale-down-rate 2: 4 → 2"},
-		"demand":           {Reason: "in-flight 3.0, target 1 per replica: 1 → 3"},
+// The reason label is the policy's typed cause: a bounded set, never
+// derived from the reason text.
+func TestReasonLabelIsTheTypedCause(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg)
+	w := collect.Workload{Namespace: "ml", Name: "llama"}
+	allowed := map[string]bool{}
+	for _, c := range scaling.Causes() {
+		allowed[c.String()] = true
+		m.workload(w, scaling.DefaultConfig(1), scaling.Observation{}, scaling.Decision{Cause: c, Reason: "burst partial panic"})
 	}
-	for want, d := range cases {
-		if got := reasonLabel(d); got != want {
-			t.Errorf("reasonLabel(%q) = %q, want %q", d.Reason, got, want)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, mf := range mfs {
+		if mf.GetName() != "inflight_controller_decisions_total" {
+			continue
 		}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "reason" {
+					seen++
+					if !allowed[l.GetValue()] {
+						t.Errorf("reason label %q is not a scaling.Cause", l.GetValue())
+					}
+				}
+			}
+		}
+	}
+	if seen != len(scaling.Causes()) {
+		t.Errorf("%d reason series, want one per cause (%d)", seen, len(scaling.Causes()))
 	}
 }
 
-func TestTrimArrow(t *testing.T) {
-	if got := trimArrow("in-flight 18.2, target 4 per replica, rising 1.30/s: 3 → 5"); got != "in-flight 18.2, target 4 per replica, rising 1.30/s" {
-		t.Errorf("trimArrow = %q", got)
+// The ScaledUp/ScaledDown message comes from the typed cause and the
+// decision's numbers.
+func TestScaledMessage(t *testing.T) {
+	d := scaling.Decision{Cause: scaling.CauseDemand, PredictedDemand: 46.1, Reason: "ignored: 8 → 10"}
+	got := scaledMessage(8, 10, d, 5, scaling.Observation{InFlight: 38, Ready: 8})
+	want := "scaled 8 → 10: requests in flight over the target per replica; sized for 46.1 in flight at target 5 per replica; in-flight now 38.0, ready 8, starting 0"
+	if got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
 	}
 }

@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,9 +36,15 @@ var ErrMessageTimeout = errors.New("ext_proc_error_per-message_timeout_exceeded"
 // holds ConnsPerReplica grpc.ClientConns per replica and picks one per side
 // stream. Do may be called from many goroutines at once.
 type Client struct {
-	cfg      Config
-	mode     *filterv3.ProcessingMode
-	replicas [][]*conn
+	cfg  Config
+	spec *filterSpec
+	// endpoints are every server ever given, in order (StreamInfo.Replica
+	// indexes them); active are the indices of those new streams may use
+	// (the cluster's EDS set), replaced by SetEndpoints.
+	mu        sync.Mutex // guards endpoints' growth and closed
+	endpoints []*endpoint
+	active    atomic.Pointer[[]int]
+	closed    bool
 
 	rr      atomic.Uint64
 	connRR  atomic.Uint64
@@ -53,58 +61,114 @@ type conn struct {
 	tab    *wireTable
 }
 
-// NewClient connects (lazily, as gRPC does) to the replicas at addrs, each
-// a loopback host:port.
+// endpoint is one server (an EDS host) and the client's HTTP/2 connections
+// to it (one per Envoy worker). A connection that receives GOAWAY (the
+// server's graceful stop) takes no new streams; the next stream dials
+// again, and a refused dial fails that stream (Unavailable): fail-open,
+// as in Envoy's connection pool.
+type endpoint struct {
+	addr  string
+	conns []*conn
+}
+
+// NewClient connects (lazily, as gRPC does) to the servers at addrs, each a
+// loopback host:port: the extproc cluster's initial endpoints.
 func NewClient(cfg Config, addrs ...string) (*Client, error) {
-	if err := cfg.Validate(); err != nil {
+	spec, err := cfg.spec()
+	if err != nil {
 		return nil, err
 	}
 	if len(addrs) == 0 {
 		return nil, errors.New("envoy harness: no server address")
 	}
-	c := &Client{cfg: cfg.withDefaults(), mode: cfg.mode()}
+	c := &Client{cfg: cfg.withDefaults(), spec: spec}
 	c.rnd = rand.New(rand.NewPCG(uint64(cfg.Seed), 0x9e3779b97f4a7c15))
 	// Tags are unique across clients talking to the same server.
 	c.tags.Store(rand.Uint64N(1<<40) << 20)
-	for _, a := range addrs {
-		if err := checkLoopback(a); err != nil {
-			_ = c.closeConns()
-			return nil, err
-		}
-		var rep []*conn
-		for range c.cfg.ConnsPerReplica {
-			tab := newWireTable()
-			dial := func(ctx context.Context, addr string) (net.Conn, error) {
-				var d net.Dialer
-				nc, err := d.DialContext(ctx, "tcp", addr)
-				if err != nil {
-					return nil, err
-				}
-				if cfg.TLS != nil {
-					tc := tls.Client(nc, withH2(cfg.TLS))
-					if err := tc.HandshakeContext(ctx); err != nil {
-						nc.Close()
-						return nil, err
-					}
-					return tab.wrap(tc), nil
-				}
-				return tab.wrap(nc), nil
-			}
-			cc, err := grpc.NewClient("passthrough:///"+a,
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithContextDialer(dial),
-				grpc.WithDisableRetry(), // one stream per HTTP request, as Envoy
-			)
-			if err != nil {
-				c.replicas = append(c.replicas, rep)
-				_ = c.closeConns()
-				return nil, err
-			}
-			rep = append(rep, &conn{cc: cc, client: extprocv3.NewExternalProcessorClient(cc), tab: tab})
-		}
-		c.replicas = append(c.replicas, rep)
+	if err := c.SetEndpoints(addrs...); err != nil {
+		_ = c.closeConns()
+		return nil, err
 	}
 	return c, nil
+}
+
+// SetEndpoints is an EDS update as Envoy applies it: new streams go only to
+// addrs from now on (none: every new stream fails, fail-open); streams open
+// on an endpoint that left the set carry on over their connection. An
+// address seen before keeps its connections and its StreamInfo.Replica
+// index; a new one gets the next index.
+func (c *Client) SetEndpoints(addrs ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("envoy harness: client closed")
+	}
+	active := make([]int, 0, len(addrs))
+	for _, a := range addrs {
+		i := slices.IndexFunc(c.endpoints, func(e *endpoint) bool { return e.addr == a })
+		if i < 0 {
+			e, err := c.dialEndpoint(a)
+			if err != nil {
+				return err
+			}
+			c.endpoints = append(c.endpoints, e)
+			i = len(c.endpoints) - 1
+		}
+		active = append(active, i)
+	}
+	c.active.Store(&active)
+	return nil
+}
+
+// Endpoints returns every address given so far, indexed as
+// StreamInfo.Replica.
+func (c *Client) Endpoints() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, len(c.endpoints))
+	for i, e := range c.endpoints {
+		out[i] = e.addr
+	}
+	return out
+}
+
+func (c *Client) dialEndpoint(a string) (*endpoint, error) {
+	if err := checkLoopback(a); err != nil {
+		return nil, err
+	}
+	e := &endpoint{addr: a}
+	for range c.cfg.ConnsPerReplica {
+		tab := newWireTable()
+		dial := func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			if c.cfg.TLS != nil {
+				tc := tls.Client(nc, withH2(c.cfg.TLS))
+				if err := tc.HandshakeContext(ctx); err != nil {
+					nc.Close()
+					return nil, err
+				}
+				return tab.wrap(tc), nil
+			}
+			return tab.wrap(nc), nil
+		}
+		cc, err := grpc.NewClient("passthrough:///"+a,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(dial),
+			grpc.WithDisableRetry(), // one stream per HTTP request, as Envoy
+		)
+		if err != nil {
+			for _, cn := range e.conns {
+				_ = cn.cc.Close()
+			}
+			return nil, err
+		}
+		e.conns = append(e.conns, &conn{cc: cc, client: extprocv3.NewExternalProcessorClient(cc), tab: tab})
+	}
+	return e, nil
 }
 
 // withH2 offers "h2" by ALPN unless the configuration names protocols.
@@ -128,8 +192,18 @@ func checkLoopback(addr string) error {
 	return nil
 }
 
-// Config returns the effective configuration (defaults filled in).
+// Config returns the configuration with the harness's knobs defaulted.
 func (c *Client) Config() Config { return c.cfg }
+
+// DeferredCloseTimeout is the effective deferred_close_timeout (used only
+// in observability mode).
+func (c *Client) DeferredCloseTimeout() time.Duration { return c.spec.deferredClose }
+
+// MessageTimeout is the effective message_timeout.
+func (c *Client) MessageTimeout() time.Duration { return c.spec.messageTimeout }
+
+// Observe reports whether the filter runs in observability mode.
+func (c *Client) Observe() bool { return c.spec.observe }
 
 // Wait blocks until every side stream opened so far is closed (including
 // deferred and graceful closes). Call it once the Do calls have returned.
@@ -142,27 +216,42 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) closeConns() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
 	var errs []error
-	for _, rep := range c.replicas {
-		for _, cn := range rep {
+	for _, e := range c.endpoints {
+		for _, cn := range e.conns {
 			errs = append(errs, cn.cc.Close())
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (c *Client) pick() (int, *conn) {
-	var i int
+// errNoHealthyUpstream is a stream's error when the cluster has no endpoint.
+var errNoHealthyUpstream = status.Error(codes.Unavailable, "envoy harness: no healthy upstream in the extproc cluster")
+
+// pick chooses the endpoint and connection of a new stream among the active
+// endpoints (per-stream load balancing).
+func (c *Client) pick() (int, *conn, error) {
+	active := *c.active.Load()
+	if len(active) == 0 {
+		return 0, nil, errNoHealthyUpstream
+	}
+	var k int
 	switch c.cfg.Balancing {
 	case Random:
 		c.rndMu.Lock()
-		i = c.rnd.IntN(len(c.replicas))
+		k = c.rnd.IntN(len(active))
 		c.rndMu.Unlock()
 	default:
-		i = int((c.rr.Add(1) - 1) % uint64(len(c.replicas)))
+		k = int((c.rr.Add(1) - 1) % uint64(len(active)))
 	}
-	rep := c.replicas[i]
-	return i, rep[int((c.connRR.Add(1)-1)%uint64(len(rep)))]
+	i := active[k]
+	c.mu.Lock()
+	e := c.endpoints[i]
+	c.mu.Unlock()
+	return i, e.conns[int((c.connRR.Add(1)-1)%uint64(len(e.conns)))], nil
 }
 
 // Do runs one HTTP request through the filter and returns when the request
@@ -170,7 +259,7 @@ func (c *Client) pick() (int, *conn) {
 // (Result.Wait). ctx bounds the upstream delays only: cancelling it acts as
 // a client abort at the current point.
 func (c *Client) Do(ctx context.Context, req *Request) *Result {
-	f := &filter{c: c, cfg: &c.cfg, mode: c.mode, req: req, observe: c.cfg.Profile == Observe,
+	f := &filter{c: c, cfg: &c.cfg, spec: c.spec, mode: c.spec.mode, req: req,
 		res: &Result{done: make(chan struct{})}, endOff: -1}
 	f.run(ctx)
 	return f.res
@@ -181,12 +270,12 @@ func (c *Client) Do(ctx context.Context, req *Request) *Result {
 // the deferred close; the receive goroutine touches only replies, recvErr,
 // recvAt (published by closing recvDone) and ignore.
 type filter struct {
-	c       *Client
-	cfg     *Config
-	mode    *filterv3.ProcessingMode
-	req     *Request
-	res     *Result
-	observe bool
+	c    *Client
+	cfg  *Config
+	spec *filterSpec
+	mode *filterv3.ProcessingMode
+	req  *Request
+	res  *Result
 
 	cn      *conn
 	ws      *wireStream
@@ -204,11 +293,13 @@ type filter struct {
 	endOff        int64 // payload offset of the first message that may end the request, or -1
 	reqAttrsSent  bool
 	respAttrsSent bool
-	done          bool // the processor is no longer used for this request
+	done          bool // processing_complete_: the processor is no longer used for this request
 	closed        bool
+	aborted       bool // the client reset while a reply was awaited
 	localStatus   int
 	endAck        time.Time
-	closeStyle    CloseStyle
+	reqSentAt     time.Time // when request_headers was handed to the stream
+	resp          *Response // the response being encoded (the upstream's, or the router's local reply)
 }
 
 type received struct {
@@ -216,9 +307,23 @@ type received struct {
 	at  time.Time
 }
 
+// routerLocalReply is the local reply Envoy's router sends after an upstream
+// reset before response headers: a 503 with a short text body and no
+// trailers, encoded at once (so its body reaches the filter while it waits
+// for a header reply).
+func routerLocalReply() *Response {
+	return &Response{
+		Status:                503,
+		Headers:               []Header{{"content-length", "95"}, {"content-type", "text/plain"}},
+		Body:                  [][]byte{[]byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination")},
+		BodyBeforeHeaderReply: true,
+	}
+}
+
 func (f *filter) run(ctx context.Context) {
 	req, res, m := f.req, f.res, f.mode
-	if req.Failure.Phase == AbortBeforeRequestHeaders {
+	fail := req.Failure
+	if fail.Phase == AbortBeforeRequestHeaders {
 		res.Outcome = NeverStarted
 		close(res.done)
 		return
@@ -245,9 +350,21 @@ func (f *filter) run(ctx context.Context) {
 			return
 		}
 	}
-	fail := req.Failure
-	if fail.Phase == AbortAfterRequestHeaders {
+	switch fail.Phase {
+	case AbortAfterRequestHeaders:
 		f.delay(ctx, fail.Delay)
+		res.Outcome = DownstreamReset
+		f.destroy()
+		return
+	case AbortAwaitingReply:
+		// The client resets Delay after request_headers went out; the
+		// reply may have come back already (control) or not (then process
+		// returned false above).
+		wait := fail.Delay
+		if !f.reqSentAt.IsZero() {
+			wait -= time.Since(f.reqSentAt)
+		}
+		f.delay(ctx, wait)
 		res.Outcome = DownstreamReset
 		f.destroy()
 		return
@@ -258,32 +375,43 @@ func (f *filter) run(ctx context.Context) {
 		f.destroy()
 		return
 	}
+	f.resp = &req.Response
+	localReply := false
 	if fail.Phase == UpstreamResetBeforeHeaders {
 		f.delay(ctx, fail.Delay)
-		// The router's local reply is not sent to ext_proc (≥ 1.34).
-		res.Outcome, res.Status = LocalReply, 503
-		f.destroy()
-		return
-	}
-	// encodeHeaders.
-	resp := req.Response
-	hasRespBody, hasRespTrailers := len(resp.Body) > 0, len(resp.Trailers) > 0
-	if f.cfg.Version >= Envoy137 && f.responseUnprocessed() {
-		f.closeStream()
-	}
-	if m.ResponseHeaderMode == filterv3.ProcessingMode_SEND {
-		if !f.process(ResponseHeaders, f.headers(ResponseHeaders, !hasRespBody && !hasRespTrailers)) {
-			f.endLocal()
+		if !f.spec.localRepliesSent {
+			// The router's 503 does not pass through ext_proc.
+			res.Outcome, res.Status = LocalReply, 503
+			f.destroy()
 			return
 		}
+		f.resp, localReply, fail = routerLocalReply(), true, Failure{}
 	}
-	res.Status = resp.Status
-	if res.Status == 0 {
-		res.Status = 200
+	// encodeHeaders.
+	resp := f.resp
+	hasRespBody, hasRespTrailers := len(resp.Body) > 0, len(resp.Trailers) > 0
+	if f.spec.observe && m.ResponseHeaderMode == filterv3.ProcessingMode_SEND {
+		// sendHeadersInObservabilityMode: sent, never awaited; the ≥ 1.37
+		// close below is not reached in this mode.
+		f.process(ResponseHeaders, f.headers(ResponseHeaders, !hasRespBody && !hasRespTrailers))
+	} else {
+		if m.ResponseHeaderMode == filterv3.ProcessingMode_SEND {
+			if !f.process(ResponseHeaders, f.headers(ResponseHeaders, !hasRespBody && !hasRespTrailers)) {
+				f.endLocal()
+				return
+			}
+		}
+		if f.spec.earlyClose && f.responseUnprocessed() {
+			f.closeStream() // encodeHeaders: noExternalProcess()
+		}
 	}
+	res.Status = cmp.Or(resp.Status, 200)
 	// encodeData.
 	streamed := m.ResponseBodyMode == filterv3.ProcessingMode_STREAMED
 	midBody := fail.Phase == AbortMidResponseBody || fail.Phase == UpstreamResetMidBody
+	if !hasRespBody && !hasRespTrailers {
+		midBody = false // the response ended with its headers
+	}
 	for i, b := range resp.Body {
 		if midBody && i == fail.AfterChunks {
 			break
@@ -309,28 +437,23 @@ func (f *filter) run(ctx context.Context) {
 		f.destroy()
 		return
 	}
-	// encodeTrailers.
-	if hasRespTrailers {
-		switch {
-		case m.ResponseTrailerMode == filterv3.ProcessingMode_SEND:
-			if !f.process(ResponseTrailers, f.trailers(ResponseTrailers, resp.Trailers)) {
-				f.endLocal()
-				return
-			}
-		case streamed:
-			// Trailers not sent: a STREAMED body still gets its end of
-			// stream, as an empty last chunk.
-			if !f.process(ResponseBody, body(ResponseBody, nil, true)) {
-				f.endLocal()
-				return
-			}
+	// encodeTrailers: sent only in mode SEND. With SKIP nothing is sent,
+	// not even a STREAMED body's missing end_of_stream (onTrailers).
+	if hasRespTrailers && m.ResponseTrailerMode == filterv3.ProcessingMode_SEND {
+		if !f.process(ResponseTrailers, f.trailers(ResponseTrailers, resp.Trailers)) {
+			f.endLocal()
+			return
 		}
 	}
 	res.Outcome = Completed
+	if localReply {
+		res.Outcome = LocalReply
+	}
 	f.destroy()
 }
 
-// responseUnprocessed is noExternalProcess() for the response path.
+// responseUnprocessed is encoding_state_.noExternalProcess(): the response
+// path sends nothing to the processor.
 func (f *filter) responseUnprocessed() bool {
 	m := f.mode
 	return m.ResponseHeaderMode == filterv3.ProcessingMode_SKIP &&
@@ -338,12 +461,15 @@ func (f *filter) responseUnprocessed() bool {
 		m.ResponseTrailerMode != filterv3.ProcessingMode_SEND
 }
 
-// endLocal ends a request the filter stopped: a local reply if the response
-// had not started, a downstream reset otherwise.
+// endLocal ends a request the filter stopped: a downstream reset if the
+// client went away or the response had started, else a local reply.
 func (f *filter) endLocal() {
-	if f.res.Status != 0 {
+	switch {
+	case f.aborted:
 		f.res.Outcome = DownstreamReset
-	} else {
+	case f.res.Status != 0:
+		f.res.Outcome = DownstreamReset
+	default:
 		f.res.Outcome, f.res.Status = LocalReply, f.localStatus
 	}
 	f.destroy()
@@ -364,8 +490,10 @@ func (f *filter) delay(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// process sends one message and, in control mode, awaits its reply. It
-// returns false if the request must end with a local reply or reset.
+// process sends one message and, outside observability mode, awaits its
+// reply under the per-message timer (which one override_message_timeout
+// reply may restart). It returns false if the request must end with a local
+// reply or reset.
 func (f *filter) process(kind Kind, msg *extprocv3.ProcessingRequest) bool {
 	if f.done {
 		return true
@@ -373,63 +501,108 @@ func (f *filter) process(kind Kind, msg *extprocv3.ProcessingRequest) bool {
 	if f.stream == nil {
 		if err := f.open(); err != nil {
 			// The stream could not open: failure_mode_allow applies.
-			return f.failure(err, f.cfg.StatusOnError)
+			return f.failure(err, f.spec.statusOnError)
 		}
 	}
 	sentAt, ok := f.send(kind, msg)
+	if kind == RequestHeaders {
+		f.reqSentAt = sentAt
+	}
 	if !ok {
 		return f.afterStreamEnd()
 	}
-	if f.observe {
+	if f.spec.observe {
 		return true
 	}
-	t := time.NewTimer(f.cfg.MessageTimeout)
+	t := time.NewTimer(f.spec.messageTimeout)
 	defer t.Stop()
-	select {
-	case r := <-f.replies:
-		return f.onReply(kind, msg, sentAt, r)
-	case <-f.recvDone:
-		return f.afterStreamEnd()
-	case <-t.C:
-		return f.failure(ErrMessageTimeout, 504)
+	var abort <-chan time.Time
+	if kind == RequestHeaders && f.req.Failure.Phase == AbortAwaitingReply {
+		a := time.NewTimer(max(0, f.req.Failure.Delay-time.Since(sentAt)))
+		defer a.Stop()
+		abort = a.C
+	}
+	overridden := false
+	for {
+		select {
+		case r := <-f.replies:
+			if d := r.msg.GetOverrideMessageTimeout(); d != nil {
+				// onNewTimeout: at most once per message, 1 ms to
+				// max_message_timeout; the rest of the message is ignored.
+				if v := d.AsDuration(); !overridden && d.IsValid() && v >= time.Millisecond && v <= f.spec.maxMessageTimeout {
+					overridden = true
+					f.res.TimeoutOverrides++
+					t.Reset(v)
+				} else {
+					f.res.IgnoredOverrides++
+				}
+				continue
+			}
+			return f.onReply(kind, msg, sentAt, r)
+		case <-f.recvDone:
+			return f.afterStreamEnd()
+		case <-t.C:
+			return f.failure(ErrMessageTimeout, 504)
+		case <-abort:
+			// The client is gone (onDestroy stops the timers); the reply,
+			// if it still comes, is ignored.
+			f.aborted = true
+			return false
+		}
 	}
 }
 
 func (f *filter) onReply(kind Kind, msg *extprocv3.ProcessingRequest, sentAt time.Time, r received) bool {
 	res := f.res
-	if ir := r.msg.GetImmediateResponse(); ir != nil {
+	if res.Stream.FirstReply.IsZero() {
+		// Any reply, even a spurious one, proves the server read a message.
+		res.Stream.FirstReply = r.at
+	}
+	if ir := r.msg.GetImmediateResponse(); ir != nil && !f.spec.disableImmediate {
 		res.ImmediateResponse = true
-		f.localStatus = int(ir.GetStatus().GetCode())
-		if f.localStatus == 0 {
-			f.localStatus = 200
-		}
+		f.localStatus = cmp.Or(int(ir.GetStatus().GetCode()), 200)
 		f.closeStream()
 		return false
 	}
 	if !replyMatches(kind, r.msg) {
-		return f.failure(status.Errorf(codes.FailedPrecondition, "spurious message %T for %v", r.msg.GetResponse(), kind), f.cfg.StatusOnError)
-	}
-	if len(res.Replies) == 0 {
-		res.Stream.FirstReply = r.at
+		return f.failure(status.Errorf(codes.FailedPrecondition, "spurious message %T for %v", r.msg.GetResponse(), kind), f.spec.statusOnError)
 	}
 	res.Replies = append(res.Replies, Reply{Kind: kind, Latency: r.at.Sub(sentAt)})
 	if endsRequest(kind, msg) {
 		f.endAck = r.at
 	}
-	if f.cfg.Version >= Envoy137 && f.lastExpected(kind, msg) {
-		f.closeStream()
+	if f.spec.earlyClose && f.lastExpected(kind, msg) {
+		f.closeStream() // closeGrpcStreamIfLastRespReceived
 	}
 	return true
 }
 
-// lastExpected is closeGrpcStreamIfLastRespReceived's test: no further
-// message can follow the reply to this one.
+// lastExpected is closeGrpcStreamIfLastRespReceived's test (Envoy ≥ 1.37):
+// no further message can follow the reply to this one.
 func (f *filter) lastExpected(kind Kind, msg *extprocv3.ProcessingRequest) bool {
 	m := f.mode
 	switch kind {
+	case RequestHeaders:
+		eos := msg.GetRequestHeaders().GetEndOfStream()
+		return (eos || (m.RequestBodyMode == filterv3.ProcessingMode_NONE && m.RequestTrailerMode != filterv3.ProcessingMode_SEND)) &&
+			f.responseUnprocessed()
+	case RequestBody:
+		return msg.GetRequestBody().GetEndOfStream() && f.responseUnprocessed()
+	case RequestTrailers:
+		return f.responseUnprocessed()
 	case ResponseHeaders:
-		eos := msg.GetResponseHeaders().GetEndOfStream()
-		return eos || (m.ResponseBodyMode == filterv3.ProcessingMode_NONE && m.ResponseTrailerMode != filterv3.ProcessingMode_SEND)
+		if msg.GetResponseHeaders().GetEndOfStream() { // hasNoBody()
+			return true
+		}
+		if m.ResponseBodyMode != filterv3.ProcessingMode_NONE {
+			return false
+		}
+		if m.ResponseTrailerMode != filterv3.ProcessingMode_SEND {
+			return true
+		}
+		// envoy#42507: trailers SEND, body NONE, and the whole body already
+		// arrived without trailers while Envoy waited for this reply.
+		return f.resp.BodyBeforeHeaderReply && len(f.resp.Trailers) == 0
 	case ResponseBody:
 		return msg.GetResponseBody().GetEndOfStream()
 	case ResponseTrailers:
@@ -447,14 +620,14 @@ func (f *filter) afterStreamEnd() bool {
 		f.closeStream()
 		return true
 	}
-	if f.observe {
+	if f.spec.observe {
 		// Observability mode never pauses on the processor.
 		f.res.ProcessorErr = f.recvErr
 		f.done = true
 		f.closeStream()
 		return true
 	}
-	return f.failure(f.recvErr, f.cfg.StatusOnError)
+	return f.failure(f.recvErr, f.spec.statusOnError)
 }
 
 // failure applies failure_mode_allow after a timeout, gRPC error, spurious
@@ -463,7 +636,7 @@ func (f *filter) failure(err error, closedStatus int) bool {
 	f.res.ProcessorErr = err
 	f.done = true
 	f.closeStream()
-	if !f.cfg.FailClosed {
+	if f.spec.failOpen {
 		f.res.FailOpen = true
 		return true
 	}
@@ -505,7 +678,11 @@ func endsRequest(kind Kind, msg *extprocv3.ProcessingRequest) bool {
 
 // open starts the side stream: lazily, on the first message.
 func (f *filter) open() error {
-	idx, cn := f.c.pick()
+	idx, cn, err := f.c.pick()
+	if err != nil {
+		f.res.Stream.Refused = true
+		return err
+	}
 	f.cn = cn
 	f.res.Stream.Replica = idx
 	f.tag = f.c.tags.Add(1)
@@ -518,8 +695,11 @@ func (f *filter) open() error {
 	}
 	st, err := cn.client.Process(ctx)
 	if err != nil {
+		// No connection to the endpoint (refused dial after a GOAWAY, a
+		// stopped server): the stream never existed.
 		cancel()
 		cn.tab.forget(f.tag)
+		f.res.Stream.Refused = true
 		return err
 	}
 	f.stream, f.cancel = st, cancel
@@ -543,7 +723,7 @@ func (f *filter) receive() {
 			close(f.recvDone)
 			return
 		}
-		if f.observe || f.ignore.Load() {
+		if f.spec.observe || f.ignore.Load() {
 			continue // Envoy ignores the reply
 		}
 		select {
@@ -558,8 +738,8 @@ func (f *filter) receive() {
 // ok=false means the stream had already ended (see afterStreamEnd).
 func (f *filter) send(kind Kind, msg *extprocv3.ProcessingRequest) (time.Time, bool) {
 	first := len(f.res.Sent) == 0
-	msg.ObservabilityMode = f.observe
-	if first && !f.observe && !f.cfg.NoProtocolConfig {
+	msg.ObservabilityMode = f.spec.observe
+	if first && !f.spec.observe && !f.cfg.NoProtocolConfig {
 		msg.ProtocolConfig = &extprocv3.ProtocolConfiguration{
 			RequestBodyMode:  f.mode.RequestBodyMode,
 			ResponseBodyMode: f.mode.ResponseBodyMode,
@@ -567,13 +747,13 @@ func (f *filter) send(kind Kind, msg *extprocv3.ProcessingRequest) (time.Time, b
 	}
 	if kind < ResponseHeaders && !f.reqAttrsSent {
 		f.reqAttrsSent = true
-		if s := attributesStruct(f.req.Attributes); s != nil {
+		if s := attributesStruct(f.req.Attributes, f.spec.requestAttributes); s != nil {
 			msg.Attributes = map[string]*structpb.Struct{mesh.AttributesKey: s}
 		}
 	}
 	if kind >= ResponseHeaders && !f.respAttrsSent {
 		f.respAttrsSent = true
-		if s := attributesStruct(f.req.ResponseAttributes); s != nil {
+		if s := attributesStruct(f.req.ResponseAttributes, f.spec.responseAttributes); s != nil {
 			msg.Attributes = map[string]*structpb.Struct{mesh.AttributesKey: s}
 		}
 	}
@@ -598,13 +778,13 @@ func (f *filter) destroy() {
 		}
 		return
 	}
-	if f.observe {
+	if f.spec.observe {
 		go func() {
 			var fire <-chan time.Time
 			if f.cfg.deferredClock != nil {
-				fire = f.cfg.deferredClock(f.cfg.DeferredCloseTimeout)
+				fire = f.cfg.deferredClock(f.spec.deferredClose)
 			} else {
-				t := time.NewTimer(f.cfg.DeferredCloseTimeout)
+				t := time.NewTimer(f.spec.deferredClose)
 				defer t.Stop()
 				fire = t.C
 			}
@@ -625,7 +805,7 @@ func (f *filter) closeStream() {
 	if f.stream == nil || f.closed {
 		return
 	}
-	f.closed = true
+	f.closed, f.done = true, true
 	f.ignore.Store(true) // replies from now on are late: ignored
 	tab, ws, si := f.cn.tab, f.ws, &f.res.Stream
 	style := f.cfg.CloseStyle
@@ -702,7 +882,9 @@ func (f *filter) closeStream() {
 		}
 	}
 	si.EndAck = f.endAck
-	si.Uncertain = len(f.res.Replies) == 0 && si.Reset && !si.FirstWrite.IsZero() &&
+	si.EndedByServer = si.EndWrite.IsZero() && !si.FirstWrite.IsZero() && f.recvErr == nil
+	si.Lost = si.FirstWrite.IsZero() && f.queued > 0
+	si.Uncertain = si.FirstReply.IsZero() && si.Reset && !si.FirstWrite.IsZero() &&
 		rstAt.Sub(si.FirstWrite) < f.cfg.UncertainWindow
 	tab.forget(f.tag)
 	f.c.streams.Done()
@@ -726,7 +908,8 @@ func latest(a, b time.Time) time.Time {
 }
 
 // headers builds an HttpHeaders message as Envoy does: lower-cased keys,
-// pseudo-headers first, values in raw_value (or value).
+// pseudo-headers first, values in raw_value (or value), only the headers
+// forward_rules let through.
 func (f *filter) headers(kind Kind, eos bool) *extprocv3.ProcessingRequest {
 	req := f.req
 	var hs []Header
@@ -740,11 +923,7 @@ func (f *filter) headers(kind Kind, eos bool) *extprocv3.ProcessingRequest {
 		}
 		hs = append(hs, req.Headers...)
 	} else {
-		st := req.Response.Status
-		if st == 0 {
-			st = 200
-		}
-		hs = append([]Header{{":status", strconv.Itoa(st)}}, req.Response.Headers...)
+		hs = append([]Header{{":status", strconv.Itoa(cmp.Or(f.resp.Status, 200))}}, f.resp.Headers...)
 	}
 	h := &extprocv3.HttpHeaders{Headers: f.headerMap(hs), EndOfStream: eos}
 	if kind == RequestHeaders {
@@ -765,6 +944,9 @@ func (f *filter) headerMap(hs []Header) *corev3.HeaderMap {
 	out := make([]*corev3.HeaderValue, 0, len(hs))
 	for _, h := range hs {
 		hv := &corev3.HeaderValue{Key: lower(h.Name)}
+		if !f.spec.forwarded(hv.Key) {
+			continue
+		}
 		if f.cfg.LegacyHeaderValue {
 			hv.Value = h.Value
 		} else {

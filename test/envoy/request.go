@@ -35,6 +35,10 @@ type Request struct {
 	// ResponseAttributes are the evaluated response_attributes, sent on the
 	// first response-direction message (e.g. "upstream.address",
 	// "response.code").
+	//
+	// Of both maps only the keys the filter configures are sent (the
+	// shipped filter configures no response attributes), as Envoy
+	// evaluates only its configured expressions.
 	ResponseAttributes map[string]any
 
 	Response Response
@@ -48,6 +52,10 @@ type Request struct {
 
 // Response is the upstream's plan: after HeadersDelay its headers, then each
 // body chunk ChunkDelay apart (end_of_stream on the last), then trailers.
+//
+// A response with neither body nor trailers ends at its headers
+// (end_of_stream); one with trailers (a gRPC response from an HTTP/2
+// upstream) ends at its trailers.
 type Response struct {
 	Status       int // default 200
 	Headers      []Header
@@ -55,6 +63,13 @@ type Response struct {
 	Trailers     []Header
 	HeadersDelay time.Duration
 	ChunkDelay   time.Duration
+	// BodyBeforeHeaderReply: the whole body (ending with end_stream, no
+	// trailers) reaches Envoy while it still waits for the processor's
+	// reply to response_headers — a small, fast response. Envoy holds it
+	// meanwhile; with body NONE and trailers SEND, Envoy ≥ 1.37 then knows
+	// there are no trailers and closes the stream at that reply
+	// (envoy#42507). It changes nothing else the harness sends.
+	BodyBeforeHeaderReply bool
 }
 
 // Phase is where a request fails.
@@ -72,17 +87,32 @@ const (
 	// AbortMidResponseBody: the client resets after Failure.AfterChunks
 	// response body chunks.
 	AbortMidResponseBody
-	// UpstreamResetBeforeHeaders: the upstream resets before its headers;
-	// the router's local reply (503) is not sent to ext_proc (Envoy ≥ 1.34),
-	// so the processor sees no response_headers at all.
+	// UpstreamResetBeforeHeaders: the upstream resets before its headers and
+	// the router sends a local reply (503). Whether that reply's
+	// response_headers reach the processor depends on Config.LocalReplies.
 	UpstreamResetBeforeHeaders
 	// UpstreamResetMidBody: the upstream resets after Failure.AfterChunks
 	// chunks (a broken SSE stream); the downstream is reset.
 	UpstreamResetMidBody
+	// AbortAwaitingReply: the client resets Failure.Delay after the
+	// request_headers message was sent, whether or not the processor's
+	// reply came back by then (control: Envoy may still be waiting for it;
+	// a late reply is ignored). Without request headers SEND it is
+	// AbortAfterRequestHeaders.
+	AbortAwaitingReply
 )
 
 var phaseNames = [...]string{"none", "abort-before-request-headers", "abort-after-request-headers",
-	"abort-mid-response-body", "upstream-reset-before-headers", "upstream-reset-mid-body"}
+	"abort-mid-response-body", "upstream-reset-before-headers", "upstream-reset-mid-body", "abort-awaiting-reply"}
+
+// Phases lists every Phase, NoFailure first.
+func Phases() []Phase {
+	out := make([]Phase, len(phaseNames))
+	for i := range out {
+		out[i] = Phase(i)
+	}
+	return out
+}
 
 func (p Phase) String() string {
 	if int(p) >= 0 && int(p) < len(phaseNames) {
@@ -95,7 +125,9 @@ func (p Phase) String() string {
 type Failure struct {
 	Phase Phase
 	// AfterChunks is the number of response chunks delivered before a
-	// mid-body failure.
+	// mid-body failure (len(Body) = after the last chunk, before the
+	// trailers). A response that ends at its headers cannot fail mid-body:
+	// it completes.
 	AfterChunks int
 	// Delay is how long after the phase point the failure happens.
 	Delay time.Duration
@@ -163,6 +195,10 @@ type Result struct {
 	ImmediateResponse bool
 	// Replies lists the awaited replies that arrived in time, in order.
 	Replies []Reply
+	// TimeoutOverrides counts the override_message_timeout replies Envoy
+	// applied; IgnoredOverrides those it ignored (a second one for the
+	// same message, out of range, or max_message_timeout unset).
+	TimeoutOverrides, IgnoredOverrides int
 	// Sent lists the kinds of messages sent, in order.
 	Sent []Kind
 
@@ -174,14 +210,27 @@ type Result struct {
 // Wait blocks until the side stream is closed and Stream is final.
 func (r *Result) Wait() { <-r.done }
 
+// Uncounted reports a request the filter tried to send to the processor and
+// could not (Stream.Refused or Stream.Lost): Envoy went on fail-open and no
+// processor can have counted it. Final after Wait.
+func (r *Result) Uncounted() bool { return r.Stream.Refused || r.Stream.Lost }
+
 // Closed is closed when the side stream is closed and Stream is final.
 func (r *Result) Closed() <-chan struct{} { return r.done }
 
 // StreamInfo describes the request's side stream, for exactness checks. The
 // times are wall-clock readings with Go's monotonic component.
 type StreamInfo struct {
-	Opened  bool
-	Replica int // index of the replica the stream went to
+	Opened bool
+	// Refused: the stream could not be opened (no endpoint, or the
+	// endpoint refused the connection: a stopped server): the filter went
+	// on fail-open and the processor never saw the request.
+	Refused bool
+	// Lost: the stream opened but failed before any of its bytes was
+	// written (e.g. its connection got GOAWAY and the redial was refused):
+	// the processor never saw the request either.
+	Lost    bool
+	Replica int // index of the endpoint the stream went to (Client.Endpoints)
 	// Tag is the stream's id, sent as gRPC metadata StreamTagHeader.
 	Tag uint64
 	// Bytes is the gRPC payload (5-byte prefix + message) of every message
@@ -192,8 +241,8 @@ type StreamInfo struct {
 	// FirstWrite is the start of the socket write that carried the first
 	// byte of the first message: the server cannot have started earlier.
 	FirstWrite time.Time
-	// FirstReply is when the first reply arrived (zero if none): the server
-	// had read the first message by then.
+	// FirstReply is when the first reply of any kind arrived (zero if
+	// none): the server had read the first message by then.
 	FirstReply time.Time
 	// EndWrite is the start of the socket write that carried the first
 	// possible end signal for the server: the response message with
@@ -206,12 +255,17 @@ type StreamInfo struct {
 	EndAck time.Time
 	// HalfClosed and Reset say whether END_STREAM and RST_STREAM were written.
 	HalfClosed, Reset bool
+	// EndedByServer: the server finished the RPC with OK before the harness
+	// wrote any possible end signal (EndWrite is then zero). A server that
+	// counts correctly never does that: it ends a request only on an end
+	// signal, so this marks a request it ended early.
+	EndedByServer bool
 	// ServerStatus is the RPC's final error as the client saw it (nil for OK,
 	// io.EOF never appears).
 	ServerStatus error
 	// Uncertain: the stream was reset within Config.UncertainWindow of its
-	// first message and got no reply, so a correct server may not have
-	// counted its start (ENVOY.md §2).
+	// first message and got no reply at all, so a correct server may not
+	// have counted its start (ENVOY.md §2).
 	Uncertain bool
 	// WireErr is set if the harness could not confirm the stream's bytes
 	// were written before resetting it.
@@ -263,15 +317,22 @@ func ResponseAttributesFor(podIP string, port, code int) map[string]any {
 	}
 }
 
-// attributesStruct renders evaluated attributes as Envoy does
-// (ENVOY.md §1.4): bool → bool_value, numbers → number_value, everything
-// else through Expr::print, absent values dropped.
-func attributesStruct(attrs map[string]any) *structpb.Struct {
-	if len(attrs) == 0 {
+// attributesStruct renders the evaluated attributes the filter configures
+// as Envoy does (ENVOY.md §1.4): bool → bool_value, numbers → number_value,
+// everything else through Expr::print, absent values dropped, expressions
+// the filter does not configure never evaluated.
+//
+// With no configured expression nothing is sent (nil); with some, a Struct
+// is sent even if every value is absent.
+func attributesStruct(attrs map[string]any, configured map[string]bool) *structpb.Struct {
+	if len(configured) == 0 {
 		return nil
 	}
 	s := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(attrs))}
 	for k, v := range attrs {
+		if !configured[k] {
+			continue
+		}
 		var pv *structpb.Value
 		switch x := v.(type) {
 		case nil:

@@ -2,15 +2,23 @@ package exactness
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/envoy/envoytest"
@@ -23,9 +31,11 @@ var (
 	concFlag = flag.Int("exactness.concurrency", 32, "concurrent HTTP requests")
 )
 
-// group is one client configuration; its requests go to their own
-// namespace, so that each group's busy-seconds can be compared with the
-// harness's bounds for exactly those requests.
+// group is one client configuration: a proxy generation, a profile (the
+// install's rendered filter for both, nothing else), a close style and a
+// local-reply behaviour. Its requests go to their own namespace, so that
+// each group's busy-seconds can be compared with the harness's bounds for
+// exactly those requests.
 type group struct {
 	cfg    envoy.Config
 	client *envoy.Client
@@ -42,7 +52,33 @@ func seed() uint64 {
 	return uint64(time.Now().UnixNano())
 }
 
-// randomRequest draws one request: target, body, response plan, failure.
+// configs are the groups' configurations: every generation × profile on the
+// shipped filter, with Envoy's three close orders, plus each generation's
+// other local-reply behaviour.
+func configs(sd uint64) []envoy.Config {
+	var out []envoy.Config
+	for _, v := range []envoy.Version{envoy.Envoy136, envoy.Envoy137} {
+		other := envoy.LocalRepliesSent
+		if v == envoy.Envoy137 {
+			other = envoy.LocalRepliesSkipped
+		}
+		for _, p := range []envoy.Profile{envoy.Observe, envoy.Control} {
+			for _, x := range []struct {
+				cs envoy.CloseStyle
+				lr envoy.LocalReplies
+			}{{envoy.CloseReset, 0}, {envoy.CloseGraceful, 0}, {envoy.CloseResetOnly, 0}, {envoy.CloseReset, other}} {
+				out = append(out, envoy.Config{Version: v, Profile: p, CloseStyle: x.cs, LocalReplies: x.lr,
+					Balancing: envoy.Random, Seed: int64(sd) + int64(len(out)), UncertainWindow: 20 * time.Millisecond,
+					ConnsPerReplica: 2})
+			}
+		}
+	}
+	return out
+}
+
+// randomRequest draws one request: target, body, response shape (bodiless,
+// SSE of up to 200 chunks, a small body complete before the header reply,
+// gRPC-style trailers), timing and failure at any phase.
 func randomRequest(r *rand.Rand, ns string) *envoy.Request {
 	pod := fmt.Sprintf("model-%d", r.IntN(3))
 	req := &envoy.Request{}
@@ -58,23 +94,42 @@ func randomRequest(r *rand.Rand, ns string) *envoy.Request {
 		req.Body = [][]byte{[]byte(`{"prompt":"hi"}`)}
 	}
 	chunks := r.IntN(7)
+	if r.IntN(20) == 0 {
+		chunks = 50 + r.IntN(151) // a long SSE answer
+	}
 	req.Response.Body = make([][]byte, chunks)
 	for i := range req.Response.Body {
 		req.Response.Body[i] = []byte("data: {\"token\":\"x\"}\n\n")
 	}
-	if r.IntN(10) == 0 {
+	switch x := r.IntN(10); {
+	case x == 0: // gRPC over HTTP/2: ends at its trailers
 		req.Response.Trailers = []envoy.Header{{Name: "grpc-status", Value: "0"}}
+	case x <= 3 && chunks > 0 && chunks < 50:
+		req.Response.BodyBeforeHeaderReply = true
 	}
 	if r.IntN(5) == 0 {
 		req.Response.HeadersDelay = time.Duration(r.IntN(1000)) * time.Microsecond
 	}
-	if r.IntN(10) == 0 {
+	switch x := r.IntN(40); {
+	case x == 0 && chunks < 50: // a slow token stream: its body lasts 10–60 ms
+		req.Response.Body = req.Response.Body[:0]
+		for range 20 {
+			req.Response.Body = append(req.Response.Body, []byte("data: {\"token\":\"y\"}\n\n"))
+		}
+		req.Response.ChunkDelay = time.Duration(500+r.IntN(2500)) * time.Microsecond
+		req.Response.BodyBeforeHeaderReply = false
+		chunks = 20
+	case x <= 4 && chunks < 50:
 		req.Response.ChunkDelay = time.Duration(r.IntN(300)) * time.Microsecond
 	}
 	if r.IntN(2) == 0 {
-		ph := envoy.Phase(1 + r.IntN(5))
-		req.Failure = envoy.Failure{Phase: ph, AfterChunks: r.IntN(chunks + 1)}
-		if r.IntN(3) == 0 {
+		phases := envoy.Phases()[1:]
+		req.Failure = envoy.Failure{Phase: phases[r.IntN(len(phases))], AfterChunks: r.IntN(chunks + 1)}
+		switch {
+		case req.Failure.Phase == envoy.AbortAwaitingReply:
+			// About half leave before the reply, half after.
+			req.Failure.Delay = time.Duration(r.IntN(2000)) * time.Microsecond
+		case r.IntN(3) == 0:
 			req.Failure.Delay = time.Duration(r.IntN(500)) * time.Microsecond
 		}
 	}
@@ -91,61 +146,113 @@ type bounds struct {
 	wire                        float64 // Σ (EndWrite − FirstWrite): the harness's estimate
 }
 
-func TestExactness(t *testing.T) {
-	sd := seed()
-	t.Logf("seed %d (rerun with -exactness.seed=%d)", sd, sd)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("FAILED with seed %d: go test ./test/exactness -run TestExactness -exactness.seed=%d", sd, sd)
-		}
-	})
-	n := *nFlag
-	if n == 0 {
-		n = 10_000 // the inner loop; full size in the long tier
-		if testutil.Long() && !testing.Short() {
-			n = 100_000
+// spec is one exactness run.
+type spec struct {
+	n, concurrency int
+	seed           uint64
+	// bug, if set, sits between gRPC and the real server: the mutation
+	// tests put a deliberate counting bug there.
+	bug   grpc.StreamServerInterceptor
+	drain time.Duration
+}
+
+// deliveries records, per harness stream tag, whether grpc-go delivered
+// any message to the server's handler before the stream's end. It observes
+// and changes nothing. grpc-go can hand a handler the cancellation first
+// when a stream's messages and its RST_STREAM are all buffered before the
+// handler's first read (ENVOY.md §2): a start the server never saw, which
+// only a stall longer than the request (plus, in observability mode, the
+// deferred close) can cause. Such streams are counted and reported, never
+// excused silently; a stream whose handler did receive messages must be
+// counted.
+type deliveries struct{ none sync.Map } // tag → struct{}: nothing delivered
+
+func (d *deliveries) interceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	var tag uint64
+	if md, ok := metadata.FromIncomingContext(ss.Context()); ok {
+		if v := md.Get(envoy.StreamTagHeader); len(v) == 1 {
+			tag, _ = strconv.ParseUint(v[0], 10, 64)
 		}
 	}
-	reps := envoytest.Start(t, 3)
-	addrs := envoytest.Addrs(reps)
-
-	var groups []*group
-	for _, v := range []envoy.Version{envoy.Envoy136, envoy.Envoy137} {
-		for _, p := range []envoy.Profile{envoy.Observe, envoy.Control} {
-			for _, cs := range []envoy.CloseStyle{envoy.CloseReset, envoy.CloseGraceful, envoy.CloseResetOnly} {
-				cfg := envoy.Config{Version: v, Profile: p, CloseStyle: cs, Balancing: envoy.Random,
-					Seed: int64(sd) + int64(len(groups)), DeferredCloseTimeout: 25 * time.Millisecond, UncertainWindow: 20 * time.Millisecond,
-					ConnsPerReplica: 2}
-				c, err := envoy.NewClient(cfg, addrs...)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = c.Close() })
-				groups = append(groups, &group{cfg: cfg, client: c, ns: fmt.Sprintf("g%02d", len(groups))})
-				t.Logf("group g%02d: %v %v close=%v", len(groups)-1, v, p, cs)
+	first := true
+	return h(srv, &mutatingStream{ServerStream: ss, recv: func(_ any, err error) error {
+		if first {
+			first = false
+			if err != nil {
+				d.none.Store(tag, struct{}{})
 			}
 		}
+		return err
+	}})
+}
+
+func (d *deliveries) nothingDelivered(tag uint64) bool {
+	_, ok := d.none.Load(tag)
+	return ok
+}
+
+// outcome is what a run found: its violations (empty when exact) and what
+// it covered.
+type outcome struct {
+	violations []string
+	log        []string
+	requests   int
+	elapsed    time.Duration
+}
+
+func (o *outcome) errorf(format string, args ...any) {
+	o.violations = append(o.violations, fmt.Sprintf(format, args...))
+}
+
+func (o *outcome) logf(format string, args ...any) {
+	o.log = append(o.log, fmt.Sprintf(format, args...))
+}
+
+// run drives s.n seeded requests through three real extproc replicas and
+// checks every invariant: every target drains (in_flight 0, started =
+// completed); each replica started every stream it was sent, except
+// uncertain starts; per target busy-seconds = the sum of durations; per
+// group busy-seconds within the harness's rigorous bounds.
+func run(t *testing.T, s spec) outcome {
+	var o outcome
+	var dl deliveries
+	chain := []grpc.StreamServerInterceptor{dl.interceptor}
+	if s.bug != nil {
+		chain = append(chain, s.bug)
+	}
+	reps := envoytest.Start(t, 3, grpc.ChainStreamInterceptor(chain...))
+	addrs := envoytest.Addrs(reps)
+	var groups []*group
+	for i, cfg := range configs(s.seed) {
+		c, err := envoy.NewClient(cfg, addrs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		groups = append(groups, &group{cfg: cfg, client: c, ns: fmt.Sprintf("g%02d", i)})
+		o.logf("group g%02d: %v %v close=%v %v (deferred close %v, message timeout %v)", i, cfg.Version, cfg.Profile,
+			cfg.CloseStyle, cfg.LocalReplies, c.DeferredCloseTimeout(), c.MessageTimeout())
 	}
 
-	results := make([]*envoy.Result, n)
-	groupOf := make([]int, n)
-	jobs := make(chan int)
-	rng := rand.New(rand.NewPCG(sd, 1))
-	reqs := make([]*envoy.Request, n)
+	results := make([]*envoy.Result, s.n)
+	groupOf := make([]int, s.n)
+	rng := rand.New(rand.NewPCG(s.seed, 1))
+	reqs := make([]*envoy.Request, s.n)
 	for i := range reqs {
 		groupOf[i] = rng.IntN(len(groups))
 		reqs[i] = randomRequest(rng, groups[groupOf[i]].ns)
 	}
 	start := time.Now()
+	jobs := make(chan int)
 	var wg sync.WaitGroup
-	for range *concFlag {
+	for range s.concurrency {
 		wg.Go(func() {
 			for i := range jobs {
 				results[i] = groups[groupOf[i]].client.Do(context.Background(), reqs[i])
 			}
 		})
 	}
-	for i := range n {
+	for i := range s.n {
 		jobs <- i
 	}
 	close(jobs)
@@ -153,8 +260,9 @@ func TestExactness(t *testing.T) {
 	for _, g := range groups {
 		g.client.Wait()
 	}
-	t.Logf("%d requests in %v", n, time.Since(start).Round(time.Millisecond))
+	o.requests, o.elapsed = s.n, time.Since(start)
 	outcomes := map[string]int{}
+	msgs := map[int]int{}
 	for _, r := range results {
 		k := r.Outcome.String()
 		if r.FailOpen {
@@ -164,19 +272,32 @@ func TestExactness(t *testing.T) {
 			k += "+err:" + r.ProcessorErr.Error()
 		}
 		outcomes[k]++
+		msgs[len(r.Sent)]++
 	}
-	t.Logf("outcomes: %v", outcomes)
+	o.logf("%d requests in %v; outcomes %v; messages per request %v", s.n, o.elapsed.Round(time.Millisecond), outcomes, msgs)
+	for n := range msgs {
+		if n > 3 {
+			o.errorf("a request sent %d messages: the shipped modes send at most 3", n)
+		}
+	}
 
 	// 1. Every target on every replica drains: in_flight = 0, started = completed.
-	envoytest.Drained(t, reps, 30*time.Second)
+	if bad := drained(reps, s.drain); bad != "" {
+		o.errorf("not drained after %v: %s", s.drain, bad)
+	}
 
 	// 2. Starts: every opened stream was counted once, on its replica, except
 	// possibly an uncertain start (reset within a few ms of its first
-	// message, no reply: ENVOY.md §2).
-	opened := make([]uint64, len(reps))
-	uncertain := make([]uint64, len(reps))
-	// Bounds per counting bucket: the group's namespace, or "" for the
-	// requests without attributes (the unknown target, shared by groups).
+	// message, no reply at all: ENVOY.md §2). Checked per replica and
+	// counting bucket: the group's namespace, or "" for the requests without
+	// attributes (the unknown target, shared by groups).
+	type cell struct {
+		replica int
+		bucket  string
+	}
+	opened := map[cell]uint64{}
+	uncertain := map[cell]uint64{}
+	undelivered := map[cell]uint64{} // certain starts grpc-go never handed to the server
 	b := make(map[string]*bounds)
 	for i, r := range results {
 		key := groups[groupOf[i]].ns
@@ -190,43 +311,66 @@ func TestExactness(t *testing.T) {
 		}
 		gb.requests++
 		if r.Stream.WireErr != nil {
-			t.Fatalf("request %d: %v", i, r.Stream.WireErr)
+			o.errorf("request %d: %v", i, r.Stream.WireErr)
 		}
 		if !r.Stream.Opened || r.Stream.FirstWrite.IsZero() {
 			continue
 		}
-		s := &r.Stream
-		opened[s.Replica]++
+		st := &r.Stream
+		c := cell{st.Replica, key}
+		opened[c]++
 		gb.opened++
-		if s.Uncertain {
-			uncertain[s.Replica]++
+		switch {
+		case st.Uncertain:
+			uncertain[c]++
 			gb.uncertain++
+		case dl.nothingDelivered(st.Tag):
+			undelivered[c]++
+			gb.uncertain++ // its start may be missing: no bound from it
 		}
-		gb.wire += s.EndWrite.Sub(s.FirstWrite).Seconds()
-		if !s.FirstReply.IsZero() {
-			gb.lower += math.Max(0, s.EndWrite.Sub(s.FirstReply).Seconds())
+		if st.EndedByServer {
+			o.errorf("request %d (%s): the server ended the RPC before any end signal was written: it ended the request early", i, key)
 		}
-		if !s.EndAck.IsZero() {
-			gb.upper += s.EndAck.Sub(s.FirstWrite).Seconds()
+		if st.EndWrite.IsZero() {
+			gb.upperKnown = false // nothing known of this end
+			continue
+		}
+		gb.wire += st.EndWrite.Sub(st.FirstWrite).Seconds()
+		if !st.FirstReply.IsZero() {
+			gb.lower += math.Max(0, st.EndWrite.Sub(st.FirstReply).Seconds())
+		}
+		if !st.EndAck.IsZero() {
+			gb.upper += st.EndAck.Sub(st.FirstWrite).Seconds()
 		} else {
 			gb.upperKnown = false
 		}
 	}
-	var totalOpened, totalUncertain, totalStarted uint64
-	for i := range reps {
-		st := envoytest.Sum(reps[i : i+1]).Started
-		totalStarted += st
-		totalOpened += opened[i]
-		totalUncertain += uncertain[i]
-		if st > opened[i] || st+uncertain[i] < opened[i] {
-			t.Errorf("replica %d: started %d, harness opened %d streams there (%d uncertain)", i, st, opened[i], uncertain[i])
+	started := map[cell]uint64{}
+	for i, rep := range reps {
+		for _, rec := range rep.Tracker.Records() {
+			started[cell{i, rec.Namespace}] += rec.Started
 		}
 	}
-	missed := totalOpened - totalStarted
-	t.Logf("opened %d streams, server started %d: %d missed, %d uncertain (%.2f%%)",
-		totalOpened, totalStarted, missed, totalUncertain, 100*float64(totalUncertain)/float64(totalOpened))
-	if totalUncertain*20 > totalOpened {
-		t.Errorf("%d of %d starts are uncertain: the check would be vacuous", totalUncertain, totalOpened)
+	var totalOpened, totalUncertain, totalStarted, totalUndelivered uint64
+	for c, st := range started {
+		if _, ok := opened[c]; !ok && st > 0 {
+			o.errorf("replica %d bucket %q: started %d, harness opened no stream there", c.replica, c.bucket, st)
+		}
+	}
+	for c, op := range opened {
+		st, un, ud := started[c], uncertain[c], undelivered[c]
+		totalStarted += st
+		totalOpened += op
+		totalUncertain += un
+		totalUndelivered += ud
+		if st > op || st+un+ud < op {
+			o.errorf("replica %d bucket %q: started %d, harness opened %d streams there (%d uncertain, %d never delivered by grpc-go)", c.replica, c.bucket, st, op, un, ud)
+		}
+	}
+	o.logf("opened %d streams, server started %d: %d missed; %d uncertain (%.2f%%), %d more whose messages grpc-go never delivered (a server stall longer than the request)",
+		totalOpened, totalStarted, int64(totalOpened)-int64(totalStarted), totalUncertain, 100*float64(totalUncertain)/float64(max(totalOpened, 1)), totalUndelivered)
+	if (totalUncertain+totalUndelivered)*20 > totalOpened {
+		o.errorf("%d of %d starts are uncertain or undelivered: the check would be vacuous", totalUncertain+totalUndelivered, totalOpened)
 	}
 
 	// 3. Busy time. (a) Per target, busy_seconds equals the sum of the
@@ -240,7 +384,7 @@ func TestExactness(t *testing.T) {
 		for _, rec := range rep.Tracker.Records() {
 			tol := 1e-9*float64(rec.Completed) + 1e-12*rec.BusySeconds
 			if d := math.Abs(rec.BusySeconds - rec.DurationSecondsSum); d > tol {
-				t.Errorf("target %+v: busy %.9f vs duration sum %.9f (|Δ| %.3g > %.3g)", rec, rec.BusySeconds, rec.DurationSecondsSum, d, tol)
+				o.errorf("target %+v: busy %.9f vs duration sum %.9f (|Δ| %.3g > %.3g)", rec, rec.BusySeconds, rec.DurationSecondsSum, d, tol)
 			}
 			busy[rec.Namespace] += rec.BusySeconds
 		}
@@ -248,29 +392,43 @@ func TestExactness(t *testing.T) {
 	var proved int
 	for key, gb := range b {
 		got := busy[key]
-		if gb.uncertain > 0 {
-			// An uncounted uncertain start removes at most its own
-			// duration, which is below the uncertain window.
-			gb.lower -= float64(gb.uncertain) * groups[0].client.Config().UncertainWindow.Seconds()
-		}
+		// An uncertain start had no reply, so it adds nothing to the lower
+		// bound: whether the server counted it or not, the bound holds.
 		if got < gb.lower-1e-6 {
-			t.Errorf("bucket %q: busy %.6f s below the rigorous lower bound %.6f s", key, got, gb.lower)
+			o.errorf("bucket %q: busy %.6f s below the rigorous lower bound %.6f s", key, got, gb.lower)
 		}
 		if gb.upperKnown && gb.uncertain == 0 {
 			proved++
 			if got > gb.upper+1e-6 {
-				t.Errorf("bucket %q: busy %.6f s above the rigorous upper bound %.6f s", key, got, gb.upper)
+				o.errorf("bucket %q: busy %.6f s above the rigorous upper bound %.6f s", key, got, gb.upper)
 			}
 		}
 		skew := 0.0
 		if gb.opened > 0 {
 			skew = (got - gb.wire) / float64(gb.opened)
 		}
-		t.Logf("bucket %-32q requests %6d opened %6d uncertain %4d  busy %9.4f s  wire %9.4f s  (mean skew %+7.1f µs/request)  lower %9.4f  upper %s",
+		o.logf("bucket %-5q requests %6d opened %6d uncertain %4d  busy %9.4f s  wire %9.4f s  (mean skew %+7.1f µs/request)  lower %9.4f  upper %s",
 			key, gb.requests, gb.opened, gb.uncertain, got, gb.wire, skew*1e6, gb.lower, upper(gb))
 	}
 	if proved == 0 {
-		t.Error("no bucket had a rigorous upper bound: the busy check proves nothing from above")
+		o.errorf("no bucket had a rigorous upper bound: the busy check proves nothing from above")
+	}
+	return o
+}
+
+// drained polls (bounded by timeout) until every target on every replica has
+// in_flight = 0 and started = completed, and returns the violations left
+// ("" when drained).
+func drained(reps []*envoytest.Replica, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		bad := envoytest.Violations(reps)
+		if bad == "" || time.Now().After(deadline) {
+			return bad
+		}
+		<-tick.C
 	}
 }
 
@@ -279,4 +437,135 @@ func upper(b *bounds) string {
 		return "n/a (reset-closed streams have no end ack)"
 	}
 	return fmt.Sprintf("%9.4f", b.upper)
+}
+
+// TestExactness runs 10,000 seeded requests (100,000 in the long tier,
+// INFLIGHT_LONG=1, unless -short) on the
+// shipped modes of every profile × proxy generation, through three real
+// extproc replicas, and requires no violation.
+func TestExactness(t *testing.T) {
+	sd := seed()
+	t.Logf("seed %d (rerun with -exactness.seed=%d)", sd, sd)
+	n := *nFlag
+	if n == 0 {
+		n = 10_000 // the inner loop; full size in the long tier
+		if testutil.Long() && !testing.Short() {
+			n = 100_000
+		}
+	}
+	o := run(t, spec{n: n, concurrency: *concFlag, seed: sd, drain: 30 * time.Second})
+	for _, l := range o.log {
+		t.Log(l)
+	}
+	for _, v := range o.violations {
+		t.Error(v)
+	}
+	if t.Failed() {
+		t.Logf("FAILED with seed %d: go test ./test/exactness -run TestExactness -exactness.seed=%d", sd, sd)
+	}
+}
+
+// TestExactnessCatchesBugs is the mutation check: the same run, with a
+// deliberate counting bug put between gRPC and the real extproc, must
+// report violations. Each bug is one the checks above exist for.
+func TestExactnessCatchesBugs(t *testing.T) {
+	sd := seed()
+	for _, m := range []struct {
+		name  string
+		bug   func(n int, release <-chan struct{}) grpc.StreamServerInterceptor
+		every int    // one stream in every is hit
+		want  string // a violation must contain it
+	}{
+		{"one start in 50 dropped", dropStart, 50, "started"},
+		{"one end in 50 never seen (leak)", loseEnd, 50, "not drained"},
+		{"one response in 50 ended at its headers (as Envoy 1.37 with trailers SKIP would)", endAtResponseHeaders, 50, "before any end signal"},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			release := make(chan struct{})
+			t.Cleanup(func() { close(release) })
+			o := run(t, spec{n: 3000, concurrency: 16, seed: sd, drain: 2 * time.Second, bug: m.bug(m.every, release)})
+			for _, v := range o.violations {
+				if strings.Contains(v, m.want) {
+					t.Logf("caught (seed %d): %s", sd, v)
+					return
+				}
+			}
+			for _, l := range o.log {
+				t.Log(l)
+			}
+			t.Errorf("the bug went unnoticed (seed %d); violations: %q", sd, o.violations)
+		})
+	}
+}
+
+// The deliberate bugs: interceptors that change what the real server sees
+// on one stream in every n, chosen by a per-server counter; release is
+// closed when the mutation test ends.
+// mutatingStream filters what the server's handler receives.
+type mutatingStream struct {
+	grpc.ServerStream
+	recv func(m any, err error) error
+}
+
+func (s *mutatingStream) RecvMsg(m any) error {
+	return s.recv(m, s.ServerStream.RecvMsg(m))
+}
+
+func every(n int) func() bool {
+	var c atomic.Uint64
+	return func() bool { return c.Add(1)%uint64(n) == 0 }
+}
+
+// mutateMessages applies f to every message the server's handler reads on
+// one stream in every n.
+func mutateMessages(n int, f func(*extprocv3.ProcessingRequest)) grpc.StreamServerInterceptor {
+	pick := every(n)
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		chosen := pick()
+		return h(srv, &mutatingStream{ServerStream: ss, recv: func(m any, err error) error {
+			if r, ok := m.(*extprocv3.ProcessingRequest); err == nil && chosen && ok {
+				f(r)
+			}
+			return err
+		}})
+	}
+}
+
+// dropStart hides request_headers (the start) from the server on one
+// stream in every n: it then sees a stream without a start and counts
+// nothing.
+func dropStart(n int, _ <-chan struct{}) grpc.StreamServerInterceptor {
+	return mutateMessages(n, func(r *extprocv3.ProcessingRequest) {
+		if r.GetRequestHeaders() != nil {
+			r.Request = &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{}}
+		}
+	})
+}
+
+// loseEnd withholds the stream's end (EOF or cancellation) from the server
+// on one stream in every, until the test is over: the request stays in
+// flight.
+func loseEnd(n int, release <-chan struct{}) grpc.StreamServerInterceptor {
+	pick := every(n)
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		chosen := pick()
+		return h(srv, &mutatingStream{ServerStream: ss, recv: func(_ any, err error) error {
+			if chosen && (errors.Is(err, io.EOF) || ss.Context().Err() != nil) && err != nil {
+				<-release
+			}
+			return err
+		}})
+	}
+}
+
+// endAtResponseHeaders marks response_headers as end_of_stream on one
+// stream in every n: the server ends the request while its body still
+// flows — what a body-NONE filter without trailers SEND does on Envoy
+// ≥ 1.37, where the stream closes right after the response headers reply.
+func endAtResponseHeaders(n int, _ <-chan struct{}) grpc.StreamServerInterceptor {
+	return mutateMessages(n, func(r *extprocv3.ProcessingRequest) {
+		if h := r.GetResponseHeaders(); h != nil {
+			h.EndOfStream = true
+		}
+	})
 }

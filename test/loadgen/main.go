@@ -1,18 +1,23 @@
 // Command loadgen is the ext_proc load benchmark: it builds and starts the
 // real extproc binary (cmd/extproc) and the null processor (test/nullproc)
-// as separate processes on 127.0.0.1, drives each in turn with the same
-// Envoy-like streams from the test/envoy harness, and prints a comparison:
-// closed-loop throughput, the server's CPU per request (from
-// /proc/PID/stat), reply latency at a fixed open-loop rate (control
-// profile), and peak RSS (VmHWM) including a phase with many streams held
-// open at once.
+// as separate processes on 127.0.0.1 and drives each in turn with the same
+// Envoy-like streams from the test/envoy harness, on the processing modes
+// the install renders (istio.ExternalProcessor) for each profile. It sweeps
+// the response length (SSE chunks per request: 1, 50, 200, 1,000 by
+// default) and reports, per cell, the server's CPU per request (from
+// /proc/PID/stat) for both servers and their ratio, then reply latency at a
+// fixed open-loop rate (control profile) and peak RSS (VmHWM) with many
+// streams held open at once. -modes streamed adds the previous install's
+// STREAMED response body, for comparison in the same run.
 //
-//	go run ./test/loadgen -duration 20s -concurrency 64
+//	go run ./test/loadgen                      # what make bench runs
+//	go run ./test/loadgen -modes shipped,streamed -profiles control -chunks 1,200
 //
 // Every phase is bounded in time and request count; all traffic stays on
 // loopback. The tool shares the machine's cores with the servers, so the
 // end-to-end req/s is a floor: the server CPU per request is the figure to
-// compare (shared/TESTBED.md). State is local to run(); no globals.
+// compare (shared/TESTBED.md), and the load average before and after is
+// printed with it. State is local to run(); no globals.
 package main
 
 import (
@@ -33,27 +38,28 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"text/tabwriter"
 	"time"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
 	"github.com/inflight-dev/inflight/test/envoy"
 )
 
 type options struct {
-	duration      time.Duration
-	concurrency   int
-	profile       string
-	version       int
-	chunks        int
-	rate          int
-	latencyFor    time.Duration
-	openStreams   int
-	deferredClose time.Duration
-	jsonOut       bool
-	keepBuild     string
-	rounds        int
-	serverCPU     string
+	duration    time.Duration
+	concurrency int
+	profiles    []string
+	modes       []string
+	chunks      []int
+	version     int
+	rate        int
+	latencyFor  time.Duration
+	openStreams int
+	jsonOut     bool
+	keepBuild   string
+	rounds      int
+	serverCPU   string
 }
 
 func main() {
@@ -63,82 +69,117 @@ func main() {
 	}
 }
 
+// Modes of the throughput sweep: the filter the install renders, or the
+// previous install's STREAMED response body (one message per chunk, for
+// comparison in the same run).
+const (
+	modeShipped  = "shipped"
+	modeStreamed = "streamed"
+)
+
 func parse(args []string) (options, error) {
 	var o options
+	var profiles, modes, chunks string
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
-	fs.DurationVar(&o.duration, "duration", 20*time.Second, "closed-loop throughput phase length per server (1s..10m)")
+	fs.DurationVar(&o.duration, "duration", 5*time.Second, "closed-loop throughput phase length per server and cell (1s..10m)")
 	fs.IntVar(&o.concurrency, "concurrency", 64, "concurrent Envoy-like streams in the throughput phase (1..4096)")
-	fs.StringVar(&o.profile, "profile", "control", "processing profile of the throughput phase: control or observe")
+	fs.StringVar(&profiles, "profiles", "observe,control", "install profiles of the throughput sweep: observe and/or control")
+	fs.StringVar(&modes, "modes", modeShipped, "processing modes of the sweep: shipped (what istio/ renders) and/or streamed (response body STREAMED, the previous install)")
+	fs.StringVar(&chunks, "chunks", "1,50,200,1000", "SSE response chunks per request, one sweep cell each (0..1000)")
 	fs.IntVar(&o.version, "envoy", 137, "Envoy lifetime profile: 136 (<=1.36) or 137 (>=1.37)")
-	fs.IntVar(&o.chunks, "chunks", 4, "SSE response chunks per request (0..64)")
 	fs.IntVar(&o.rate, "rate", 2000, "offered rate of the open-loop latency phase, req/s (1..20000)")
-	fs.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "latency phase length per server (1s..5m)")
+	fs.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "latency phase length per server (0 skips it, else 1s..5m)")
 	fs.IntVar(&o.openStreams, "open-streams", 10000, "streams held open at once in the memory phase (0..50000)")
-	fs.DurationVar(&o.deferredClose, "deferred-close", 100*time.Millisecond, "deferred_close_timeout in the observe profile")
-	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds (extproc, null, extproc, null, ...); the report gives each server's median (1..9)")
+	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds per cell (extproc, null, extproc, null, ...); the report gives each server's median (1..9)")
 	fs.StringVar(&o.serverCPU, "server-cpu", "", "pin the servers to these CPUs with taskset (e.g. 1); run the load generator itself on the others with 'taskset -c 0'")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&o.keepBuild, "bin-dir", "", "build the binaries into this directory and keep them (default: a temporary one)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	var errs []error
+	for _, p := range strings.Split(profiles, ",") {
+		if p != "observe" && p != "control" {
+			errs = append(errs, fmt.Errorf("-profiles %q: %q is not observe or control", profiles, p))
+		}
+		o.profiles = append(o.profiles, p)
+	}
+	for _, m := range strings.Split(modes, ",") {
+		if m != modeShipped && m != modeStreamed {
+			errs = append(errs, fmt.Errorf("-modes %q: %q is not shipped or streamed", modes, m))
+		}
+		o.modes = append(o.modes, m)
+	}
+	for _, c := range strings.Split(chunks, ",") {
+		n, err := strconv.Atoi(c)
+		if err != nil || n < 0 || n > 1000 {
+			errs = append(errs, fmt.Errorf("-chunks %q: %q is not a number from 0 to 1000", chunks, c))
+		}
+		o.chunks = append(o.chunks, n)
+	}
 	switch {
 	case o.duration < time.Second || o.duration > 10*time.Minute:
-		return o, fmt.Errorf("-duration %v: want 1s..10m", o.duration)
+		errs = append(errs, fmt.Errorf("-duration %v: want 1s..10m", o.duration))
 	case o.concurrency < 1 || o.concurrency > 4096:
-		return o, fmt.Errorf("-concurrency %d: want 1..4096", o.concurrency)
-	case o.profile != "control" && o.profile != "observe":
-		return o, fmt.Errorf("-profile %q: want control or observe", o.profile)
+		errs = append(errs, fmt.Errorf("-concurrency %d: want 1..4096", o.concurrency))
 	case o.version != 136 && o.version != 137:
-		return o, fmt.Errorf("-envoy %d: want 136 or 137", o.version)
-	case o.chunks < 0 || o.chunks > 64:
-		return o, fmt.Errorf("-chunks %d: want 0..64", o.chunks)
+		errs = append(errs, fmt.Errorf("-envoy %d: want 136 or 137", o.version))
 	case o.rate < 1 || o.rate > 20000:
-		return o, fmt.Errorf("-rate %d: want 1..20000", o.rate)
-	case o.latencyFor < time.Second || o.latencyFor > 5*time.Minute:
-		return o, fmt.Errorf("-latency-duration %v: want 1s..5m", o.latencyFor)
+		errs = append(errs, fmt.Errorf("-rate %d: want 1..20000", o.rate))
+	case o.latencyFor != 0 && (o.latencyFor < time.Second || o.latencyFor > 5*time.Minute):
+		errs = append(errs, fmt.Errorf("-latency-duration %v: want 0 or 1s..5m", o.latencyFor))
 	case o.serverCPU != "" && strings.Trim(o.serverCPU, "0123456789,-") != "":
-		return o, fmt.Errorf("-server-cpu %q: want a CPU list such as 1 or 2-3", o.serverCPU)
+		errs = append(errs, fmt.Errorf("-server-cpu %q: want a CPU list such as 1 or 2-3", o.serverCPU))
 	case o.rounds < 1 || o.rounds > 9:
-		return o, fmt.Errorf("-rounds %d: want 1..9", o.rounds)
+		errs = append(errs, fmt.Errorf("-rounds %d: want 1..9", o.rounds))
 	case o.openStreams < 0 || o.openStreams > 50000:
-		return o, fmt.Errorf("-open-streams %d: want 0..50000", o.openStreams)
+		errs = append(errs, fmt.Errorf("-open-streams %d: want 0..50000", o.openStreams))
 	}
-	return o, nil
+	return o, errors.Join(errs...)
 }
 
-// serverReport is one server's measurements.
+// serverReport is one server's throughput measurements in one sweep cell.
 type serverReport struct {
 	Name string `json:"name"`
 
-	Requests          int64   `json:"requests"`
-	ReqPerSec         float64 `json:"req_per_sec"`
-	CPUSeconds        float64 `json:"cpu_seconds"`
-	CPUSecondsPer1000 float64 `json:"cpu_seconds_per_1000_requests"`
-	CPUMicrosPerReq   float64 `json:"cpu_us_per_request"`
-	ReqPerCore        float64 `json:"implied_req_per_sec_per_core"`
+	Requests        int64   `json:"requests"`
+	ReqPerSec       float64 `json:"req_per_sec"`
+	CPUSeconds      float64 `json:"cpu_seconds"`
+	CPUMicrosPerReq float64 `json:"cpu_us_per_request"`
+	MessagesPerReq  float64 `json:"messages_per_request"`
+	ProcessorErrs   int64   `json:"processor_errors"`
+	// RoundsCPUMicrosPerReq lists every round's CPU per request.
+	RoundsCPUMicrosPerReq []float64 `json:"rounds_cpu_us_per_request"`
+}
 
+// extrasReport are the phases run once per server: reply latency at a fixed
+// open-loop rate (control) and memory with many streams held open.
+type extrasReport struct {
+	Name             string  `json:"name"`
 	OfferedRate      float64 `json:"latency_offered_req_per_sec"`
 	LatencyRequests  int     `json:"latency_requests"`
 	LatencyReplies   int     `json:"latency_replies"`
 	LatencyFailOpen  int     `json:"latency_fail_open"`
 	LatencyP50Micros float64 `json:"reply_latency_p50_us"`
 	LatencyP99Micros float64 `json:"reply_latency_p99_us"`
-
-	OpenStreams int     `json:"open_streams"`
-	RSSOpenMiB  float64 `json:"rss_with_open_streams_mib"`
-	PeakRSSMiB  float64 `json:"peak_rss_mib"`
-	// PeakRSSThroughputMiB is the peak RSS at the end of the throughput
-	// phase (before the latency and memory phases).
-	PeakRSSThroughputMiB float64 `json:"peak_rss_after_throughput_mib"`
-	ProcessorErrs        int64   `json:"processor_errors"`
-	// RoundsCPUMicrosPerReq lists every round's CPU per request.
-	RoundsCPUMicrosPerReq []float64 `json:"rounds_cpu_us_per_request"`
+	OpenStreams      int     `json:"open_streams"`
+	RSSOpenMiB       float64 `json:"rss_with_open_streams_mib"`
+	PeakRSSMiB       float64 `json:"peak_rss_mib"`
 }
 
-// medianReport combines one server's rounds: the median of each rate,
-// CPU and latency figure, the first round's memory phase, the largest peak
-// RSS and the sum of the error counts.
+// cell is one point of the sweep: profile × mode × response chunks, both
+// servers measured in alternating rounds.
+type cell struct {
+	Profile string         `json:"profile"`
+	Mode    string         `json:"mode"`
+	Chunks  int            `json:"chunks"`
+	Servers []serverReport `json:"servers"`
+	// CPURatio is extproc/null CPU per request (medians).
+	CPURatio float64 `json:"extproc_over_null_cpu_per_request"`
+}
+
+// medianReport combines one server's rounds: the median of each rate and
+// CPU figure and the sum of the error counts.
 func medianReport(rs []serverReport) serverReport {
 	out := rs[0]
 	med := func(f func(*serverReport) float64) float64 {
@@ -150,17 +191,13 @@ func medianReport(rs []serverReport) serverReport {
 		return v[len(v)/2]
 	}
 	out.ReqPerSec = med(func(r *serverReport) float64 { return r.ReqPerSec })
-	out.CPUSecondsPer1000 = med(func(r *serverReport) float64 { return r.CPUSecondsPer1000 })
 	out.CPUMicrosPerReq = med(func(r *serverReport) float64 { return r.CPUMicrosPerReq })
-	out.ReqPerCore = med(func(r *serverReport) float64 { return r.ReqPerCore })
-	out.LatencyP50Micros = med(func(r *serverReport) float64 { return r.LatencyP50Micros })
-	out.LatencyP99Micros = med(func(r *serverReport) float64 { return r.LatencyP99Micros })
-	out.OfferedRate = med(func(r *serverReport) float64 { return r.OfferedRate })
+	out.MessagesPerReq = med(func(r *serverReport) float64 { return r.MessagesPerReq })
 	out.RoundsCPUMicrosPerReq = nil
 	for _, r := range rs[1:] {
-		out.PeakRSSMiB = max(out.PeakRSSMiB, r.PeakRSSMiB)
-		out.PeakRSSThroughputMiB = max(out.PeakRSSThroughputMiB, r.PeakRSSThroughputMiB)
 		out.ProcessorErrs += r.ProcessorErrs
+		out.Requests += r.Requests
+		out.CPUSeconds += r.CPUSeconds
 	}
 	for _, r := range rs {
 		out.RoundsCPUMicrosPerReq = append(out.RoundsCPUMicrosPerReq, r.CPUMicrosPerReq)
@@ -177,14 +214,20 @@ type check struct {
 
 type report struct {
 	Machine     string         `json:"machine"`
-	Profile     string         `json:"profile"`
+	LoadBefore  string         `json:"load_before"`
+	LoadAfter   string         `json:"load_after"`
 	Envoy       string         `json:"envoy"`
 	Concurrency int            `json:"concurrency"`
 	Duration    string         `json:"duration"`
-	Chunks      int            `json:"chunks"`
-	Servers     []serverReport `json:"servers"`
-	CPURatio    float64        `json:"extproc_over_null_cpu_per_request"`
+	Cells       []cell         `json:"cells"`
+	Extras      []extrasReport `json:"extras"`
 	Checks      []check        `json:"checks"`
+}
+
+// server is one process under test.
+type server struct {
+	name string
+	argv func(grpcAddr, adminAddr string) []string
 }
 
 func run(args []string, out io.Writer) error {
@@ -209,77 +252,176 @@ func run(args []string, out io.Writer) error {
 			return fmt.Errorf("go build %s (run from the module root): %w", pkg, err)
 		}
 	}
-	rep := report{Machine: machine(), Profile: o.profile, Envoy: fmt.Sprintf("%d", o.version),
-		Concurrency: o.concurrency, Duration: o.duration.String(), Chunks: o.chunks}
-	servers := []struct {
-		name string
-		argv func(grpcAddr, adminAddr string) []string
-	}{
+	rep := report{Machine: machine(), LoadBefore: loadavg(), Envoy: fmt.Sprintf("%d", o.version),
+		Concurrency: o.concurrency, Duration: o.duration.String()}
+	servers := []server{
 		{"extproc", func(g, a string) []string {
 			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error", "--caller-identity", "trust-attributes"}
 		}},
 		{"null", func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
 	}
-	// Alternate the servers round by round so that a change in the load of
-	// the shared machine hits both alike, and report each one's median.
-	rounds := make([][]serverReport, len(servers))
-	for r := range o.rounds {
-		ro := o
-		if r > 0 {
-			ro.openStreams = 0 // the memory phase runs once
+	version := envoy.Envoy137
+	if o.version == 136 {
+		version = envoy.Envoy136
+	}
+	// The sweep. Within a cell the servers alternate round by round, so that
+	// a change in the load of the shared machine hits both alike; each
+	// server's median is reported.
+	for _, mode := range o.modes {
+		for _, prof := range o.profiles {
+			for _, chunks := range o.chunks {
+				c := cell{Profile: prof, Mode: mode, Chunks: chunks}
+				cfg, err := sweepConfig(prof, mode, version)
+				if err != nil {
+					return err
+				}
+				rounds := make([][]serverReport, len(servers))
+				for r := range o.rounds {
+					for i, s := range servers {
+						fmt.Fprintf(os.Stderr, "loadgen: %s %s, %d chunks, round %d/%d: %s\n", mode, prof, chunks, r+1, o.rounds, s.name)
+						sr, err := measureThroughput(o, cfg, chunks, s)
+						if err != nil {
+							return fmt.Errorf("%s: %w", s.name, err)
+						}
+						rounds[i] = append(rounds[i], sr)
+					}
+				}
+				for _, rs := range rounds {
+					c.Servers = append(c.Servers, medianReport(rs))
+				}
+				if null := c.Servers[1].CPUMicrosPerReq; null > 0 {
+					c.CPURatio = c.Servers[0].CPUMicrosPerReq / null
+				}
+				rep.Cells = append(rep.Cells, c)
+			}
 		}
-		for i, s := range servers {
-			fmt.Fprintf(os.Stderr, "loadgen: round %d/%d: %s\n", r+1, o.rounds, s.name)
-			sr, err := measure(ro, s.name, s.argv)
+	}
+	if o.latencyFor > 0 || o.openStreams > 0 {
+		for _, s := range servers {
+			fmt.Fprintf(os.Stderr, "loadgen: latency and memory phases: %s\n", s.name)
+			ex, err := measureExtras(o, version, s)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			rounds[i] = append(rounds[i], sr)
+			rep.Extras = append(rep.Extras, ex)
 		}
 	}
-	for _, rs := range rounds {
-		rep.Servers = append(rep.Servers, medianReport(rs))
-	}
-	ext, null := rep.Servers[0], rep.Servers[1]
-	if null.CPUMicrosPerReq > 0 {
-		rep.CPURatio = ext.CPUMicrosPerReq / null.CPUMicrosPerReq
-	}
-	rep.Checks = []check{
-		{"extproc CPU/request ≤ 1.10 × null", rep.CPURatio, 1.10, rep.CPURatio <= 1.10},
-		{"extproc CPU/request ≤ 100 µs", ext.CPUMicrosPerReq, 100, ext.CPUMicrosPerReq <= 100},
-		{fmt.Sprintf("extproc p99 reply ≤ 1 ms at %d req/s (control)", o.rate), ext.LatencyP99Micros, 1000, ext.LatencyP99Micros <= 1000},
-		{fmt.Sprintf("extproc peak RSS ≤ 200 MiB with %d open streams", o.openStreams), ext.PeakRSSMiB, 200, ext.PeakRSSMiB <= 200},
-	}
+	rep.LoadAfter = loadavg()
+	rep.Checks = checks(o, rep)
 	if o.jsonOut {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	printTable(out, rep)
+	printTable(out, o, rep)
 	return nil
 }
 
-func printTable(out io.Writer, rep report) {
-	fmt.Fprintf(out, "machine: %s\nprofile: %s, Envoy %s lifetime, %d concurrent streams for %s, %d SSE chunks per request\n\n",
-		rep.Machine, rep.Profile, rep.Envoy, rep.Concurrency, rep.Duration, rep.Chunks)
+// sweepConfig is the harness configuration of a sweep cell: the install's
+// rendered filter, or the same with a STREAMED response body.
+func sweepConfig(prof, mode string, v envoy.Version) (envoy.Config, error) {
+	p := envoy.Observe
+	if prof == "control" {
+		p = envoy.Control
+	}
+	cfg := envoy.Config{Version: v, Profile: p}
+	if mode == modeStreamed {
+		ep, err := envoy.Shipped(p, v)
+		if err != nil {
+			return cfg, err
+		}
+		ep.ProcessingMode.ResponseBodyMode = filterv3.ProcessingMode_STREAMED
+		cfg.Filter = ep
+	}
+	return cfg, nil
+}
+
+// checks are the targets the report states: extproc within 10 % of the null
+// processor, ≤ 100 µs per request, and (shipped modes) a cost per request
+// that does not grow with the response's length.
+func checks(o options, rep report) []check {
+	var out []check
+	for _, c := range rep.Cells {
+		if c.Mode != modeShipped {
+			continue
+		}
+		out = append(out, check{fmt.Sprintf("%s, %d chunks: extproc CPU/request ≤ 1.10 × null", c.Profile, c.Chunks), c.CPURatio, 1.10, c.CPURatio <= 1.10})
+	}
+	for _, prof := range o.profiles {
+		var first, last *cell
+		for i := range rep.Cells {
+			c := &rep.Cells[i]
+			if c.Mode != modeShipped || c.Profile != prof {
+				continue
+			}
+			if first == nil || c.Chunks < first.Chunks {
+				first = c
+			}
+			if last == nil || c.Chunks > last.Chunks {
+				last = c
+			}
+		}
+		if first == nil || last == first || first.Servers[0].CPUMicrosPerReq == 0 {
+			continue
+		}
+		g := last.Servers[0].CPUMicrosPerReq / first.Servers[0].CPUMicrosPerReq
+		out = append(out, check{fmt.Sprintf("%s: extproc CPU/request at %d chunks ≤ 1.25 × at %d", prof, last.Chunks, first.Chunks), g, 1.25, g <= 1.25})
+	}
+	for _, ex := range rep.Extras {
+		if ex.Name != "extproc" {
+			continue
+		}
+		if o.latencyFor > 0 {
+			out = append(out, check{fmt.Sprintf("extproc p99 reply ≤ 1 ms at %d req/s (control)", o.rate), ex.LatencyP99Micros, 1000, ex.LatencyP99Micros <= 1000})
+		}
+		if o.openStreams > 0 {
+			out = append(out, check{fmt.Sprintf("extproc peak RSS ≤ 200 MiB with %d open streams", o.openStreams), ex.PeakRSSMiB, 200, ex.PeakRSSMiB <= 200})
+		}
+	}
+	return out
+}
+
+func printTable(out io.Writer, o options, rep report) {
+	fmt.Fprintf(out, "machine: %s\nload average before: %s, after: %s\nEnvoy %s lifetime, %d concurrent streams for %s per server, cell and round, %d rounds (medians)\n\n",
+		rep.Machine, rep.LoadBefore, rep.LoadAfter, rep.Envoy, rep.Concurrency, rep.Duration, o.rounds)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\treq/s\tCPU-s/1000 req\tµs CPU/req\treq/s per core\tp50 reply µs\tp99 reply µs\t(at req/s)\tRSS open streams MiB\tpeak RSS throughput MiB\tpeak RSS MiB\t")
-	for _, s := range rep.Servers {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.4f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f (%d)\t%.1f\t%.1f\t\n", s.Name, s.ReqPerSec, s.CPUSecondsPer1000,
-			s.CPUMicrosPerReq, s.ReqPerCore, s.LatencyP50Micros, s.LatencyP99Micros, s.OfferedRate, s.RSSOpenMiB, s.OpenStreams, s.PeakRSSThroughputMiB, s.PeakRSSMiB)
+	fmt.Fprintln(tw, "mode\tprofile\tchunks\tmessages/req\textproc µs CPU/req\tnull µs CPU/req\tratio\textproc req/s\textproc rounds µs\t")
+	for _, c := range rep.Cells {
+		e, n := c.Servers[0], c.Servers[1]
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.0f\t%.1f\t\n", c.Mode, c.Profile, c.Chunks, e.MessagesPerReq,
+			e.CPUMicrosPerReq, n.CPUMicrosPerReq, c.CPURatio, e.ReqPerSec, e.RoundsCPUMicrosPerReq)
 	}
 	_ = tw.Flush()
-	for _, s := range rep.Servers {
-		fmt.Fprintf(out, "\n%s µs CPU/request per round: %.1f", s.Name, s.RoundsCPUMicrosPerReq)
+	if len(rep.Extras) > 0 {
+		fmt.Fprintln(out)
+		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "server\tp50 reply µs\tp99 reply µs\t(at req/s, control)\tRSS open streams MiB\tpeak RSS MiB\t")
+		for _, ex := range rep.Extras {
+			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.1f (%d)\t%.1f\t\n", ex.Name, ex.LatencyP50Micros, ex.LatencyP99Micros, ex.OfferedRate, ex.RSSOpenMiB, ex.OpenStreams, ex.PeakRSSMiB)
+		}
+		_ = tw.Flush()
 	}
-	fmt.Fprintf(out, "\n\nextproc/null CPU per request (medians): %.3f\n\n", rep.CPURatio)
+	fmt.Fprintln(out)
 	for _, c := range rep.Checks {
 		v := "PASS"
 		if !c.Pass {
 			v = "MISS"
 		}
-		fmt.Fprintf(out, "%s  %-55s %10.2f (limit %.2f)\n", v, c.Target, c.Value, c.Limit)
+		fmt.Fprintf(out, "%s  %-60s %10.2f (limit %.2f)\n", v, c.Target, c.Value, c.Limit)
 	}
+}
+
+// loadavg is /proc/loadavg's first three fields (the machine is shared).
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func machine() string {
@@ -307,69 +449,66 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func measure(o options, name string, argv func(string, string) []string) (serverReport, error) {
-	sr := serverReport{Name: name}
-	grpcAddr, err := freeAddr()
+// startServer starts s on free loopback ports and returns its process
+// and gRPC address; stop kills it (its state is of no interest afterwards,
+// and a graceful drain would only lengthen the run).
+func startServer(o options, s server) (cmd *exec.Cmd, grpcAddr string, stop func(), err error) {
+	grpcAddr, err = freeAddr()
 	if err != nil {
-		return sr, err
+		return nil, "", nil, err
 	}
 	adminAddr, err := freeAddr()
 	if err != nil {
-		return sr, err
+		return nil, "", nil, err
 	}
-	a := argv(grpcAddr, adminAddr)
+	a := s.argv(grpcAddr, adminAddr)
 	if o.serverCPU != "" {
 		// taskset sets the affinity and execs the server: same pid.
 		a = append([]string{"taskset", "-c", o.serverCPU}, a...)
 	}
-	cmd := exec.Command(a[0], a[1:]...)
+	cmd = exec.Command(a[0], a[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return sr, err
+		return nil, "", nil, err
 	}
-	pid := cmd.Process.Pid
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
+	stop = func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
 	if err := waitListening(grpcAddr, 15*time.Second); err != nil {
-		return sr, err
+		stop()
+		return nil, "", nil, err
 	}
-	version := envoy.Envoy137
-	if o.version == 136 {
-		version = envoy.Envoy136
-	}
-	prof := envoy.Control
-	if o.profile == "observe" {
-		prof = envoy.Observe
-	}
-	mk := func(cfg envoy.Config) (*envoy.Client, error) { return envoy.NewClient(cfg, grpcAddr) }
+	return cmd, grpcAddr, stop, nil
+}
 
-	// Warm-up, then the closed-loop throughput phase.
-	c, err := mk(envoy.Config{Version: version, Profile: prof, DeferredCloseTimeout: o.deferredClose})
+// measureThroughput runs one server for one sweep cell: a warm-up, then the
+// closed-loop phase, with the server's CPU time read from /proc before and
+// after.
+func measureThroughput(o options, cfg envoy.Config, chunks int, s server) (serverReport, error) {
+	sr := serverReport{Name: s.name}
+	cmd, addr, stop, err := startServer(o, s)
 	if err != nil {
 		return sr, err
 	}
-	closedLoop(c, o, min(2*time.Second, o.duration))
+	defer stop()
+	pid := cmd.Process.Pid
+	c, err := envoy.NewClient(cfg, addr)
+	if err != nil {
+		return sr, err
+	}
+	defer c.Close()
+	closedLoop(c, o, chunks, min(2*time.Second, o.duration))
 	c.Wait()
 	cpu0, err := cpuSeconds(pid)
 	if err != nil {
-		_ = c.Close()
 		return sr, err
 	}
 	start := time.Now()
-	n, errs := closedLoop(c, o, o.duration)
+	n, errs, msgs := closedLoop(c, o, chunks, o.duration)
 	c.Wait()
 	elapsed := time.Since(start)
 	cpu1, err := cpuSeconds(pid)
-	_ = c.Close()
 	if err != nil {
 		return sr, err
 	}
@@ -377,43 +516,49 @@ func measure(o options, name string, argv func(string, string) []string) (server
 	sr.ReqPerSec = float64(n) / elapsed.Seconds()
 	sr.CPUSeconds = cpu1 - cpu0
 	if n > 0 {
-		sr.CPUSecondsPer1000 = sr.CPUSeconds / float64(n) * 1000
 		sr.CPUMicrosPerReq = sr.CPUSeconds / float64(n) * 1e6
+		sr.MessagesPerReq = float64(msgs) / float64(n)
 	}
-	if sr.CPUMicrosPerReq > 0 {
-		sr.ReqPerCore = 1e6 / sr.CPUMicrosPerReq
-	}
-	if sr.PeakRSSThroughputMiB, err = procStatusMiB(pid, "VmHWM:"); err != nil {
-		return sr, err
-	}
+	return sr, nil
+}
 
-	// Open-loop reply latency, control profile.
-	lc, err := mk(envoy.Config{Version: version, Profile: envoy.Control})
+// measureExtras runs the once-per-server phases: reply latency at a fixed
+// open-loop rate (shipped control filter, 4 chunks), then many streams held
+// open, then the peak RSS.
+func measureExtras(o options, v envoy.Version, s server) (extrasReport, error) {
+	ex := extrasReport{Name: s.name}
+	cmd, addr, stop, err := startServer(o, s)
 	if err != nil {
-		return sr, err
+		return ex, err
 	}
-	lat, reqs, failOpen, offered := openLoop(lc, o)
-	_ = lc.Close()
-	sr.OfferedRate, sr.LatencyRequests, sr.LatencyReplies, sr.LatencyFailOpen = offered, reqs, len(lat), failOpen
-	sr.LatencyP50Micros, sr.LatencyP99Micros = percentile(lat, 0.50), percentile(lat, 0.99)
-
-	// Many streams held open at once.
-	if o.openStreams > 0 {
-		hc, err := mk(envoy.Config{Version: envoy.Envoy136, Profile: envoy.Control, ConnsPerReplica: 4, MessageTimeout: 30 * time.Second})
+	defer stop()
+	pid := cmd.Process.Pid
+	if o.latencyFor > 0 {
+		lc, err := envoy.NewClient(envoy.Config{Version: v, Profile: envoy.Control}, addr)
 		if err != nil {
-			return sr, err
+			return ex, err
+		}
+		lat, reqs, failOpen, offered := openLoop(lc, o)
+		_ = lc.Close()
+		ex.OfferedRate, ex.LatencyRequests, ex.LatencyReplies, ex.LatencyFailOpen = offered, reqs, len(lat), failOpen
+		ex.LatencyP50Micros, ex.LatencyP99Micros = percentile(lat, 0.50), percentile(lat, 0.99)
+	}
+	if o.openStreams > 0 {
+		hc, err := envoy.NewClient(envoy.Config{Version: envoy.Envoy136, Profile: envoy.Control, ConnsPerReplica: 4, MessageTimeout: 30 * time.Second}, addr)
+		if err != nil {
+			return ex, err
 		}
 		held, rss, err := holdOpen(hc, o.openStreams, pid)
 		_ = hc.Close()
 		if err != nil {
-			return sr, err
+			return ex, err
 		}
-		sr.OpenStreams, sr.RSSOpenMiB = held, rss
+		ex.OpenStreams, ex.RSSOpenMiB = held, rss
 	}
-	if sr.PeakRSSMiB, err = procStatusMiB(pid, "VmHWM:"); err != nil {
-		return sr, err
+	if ex.PeakRSSMiB, err = procStatusMiB(pid, "VmHWM:"); err != nil {
+		return ex, err
 	}
-	return sr, nil
+	return ex, nil
 }
 
 func waitListening(addr string, within time.Duration) error {
@@ -439,21 +584,21 @@ func request(i int64, chunks int) *envoy.Request {
 		body[k] = []byte(`data: {"choices":[{"delta":{"content":"token"}}]}` + "\n\n")
 	}
 	return &envoy.Request{
-		Attributes:         envoy.InboundAttributes("models", "llama", "llama-svc", pod, "10.0.0.7", 8000),
-		ResponseAttributes: envoy.ResponseAttributesFor("10.0.0.7", 8000, 200),
-		Response:           envoy.Response{Headers: []envoy.Header{{Name: "content-type", Value: "text/event-stream"}}, Body: body},
+		Attributes: envoy.InboundAttributes("models", "llama", "llama-svc", pod, "10.0.0.7", 8000),
+		Response:   envoy.Response{Headers: []envoy.Header{{Name: "content-type", Value: "text/event-stream"}}, Body: body},
 	}
 }
 
-func closedLoop(c *envoy.Client, o options, d time.Duration) (n, errs int64) {
-	var count, errCount atomic.Int64
+func closedLoop(c *envoy.Client, o options, chunks int, d time.Duration) (n, errs, msgs int64) {
+	var count, errCount, msgCount atomic.Int64
 	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range o.concurrency {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
-				r := c.Do(context.Background(), request(count.Load(), o.chunks))
+				r := c.Do(context.Background(), request(count.Load(), chunks))
 				count.Add(1)
+				msgCount.Add(int64(len(r.Sent)))
 				if r.ProcessorErr != nil {
 					errCount.Add(1)
 				}
@@ -461,7 +606,7 @@ func closedLoop(c *envoy.Client, o options, d time.Duration) (n, errs int64) {
 		})
 	}
 	wg.Wait()
-	return count.Load(), errCount.Load()
+	return count.Load(), errCount.Load(), msgCount.Load()
 }
 
 // openLoop offers o.rate req/s for o.latencyFor regardless of completions
@@ -484,7 +629,7 @@ func openLoop(c *envoy.Client, o options) (lat []time.Duration, reqs, failOpen i
 		reqs++
 		wg.Go(func() {
 			defer outstanding.Add(-1)
-			r := c.Do(context.Background(), request(int64(i), o.chunks))
+			r := c.Do(context.Background(), request(int64(i), 4))
 			mu.Lock()
 			for _, rp := range r.Replies {
 				lat = append(lat, rp.Latency)

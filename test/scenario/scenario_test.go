@@ -21,10 +21,18 @@ func request(chunks int) *envoy.Request {
 		body[i] = fmt.Appendf(nil, "data: {\"token\":%d}\n\n", i)
 	}
 	return &envoy.Request{
-		Attributes:         envoy.InboundAttributes("models", "llama", "llama-svc", "llama-0", "10.0.0.7", 8000),
-		ResponseAttributes: envoy.ResponseAttributesFor("10.0.0.7", 8000, 200),
-		Response:           envoy.Response{Headers: []envoy.Header{{Name: "content-type", Value: "text/event-stream"}}, Body: body},
+		Attributes: envoy.InboundAttributes("models", "llama", "llama-svc", "llama-0", "10.0.0.7", 8000),
+		Response:   envoy.Response{Headers: []envoy.Header{{Name: "content-type", Value: "text/event-stream"}}, Body: body},
 	}
+}
+
+// grpcRequest is a trailer-terminated response (gRPC over an HTTP/2
+// upstream): it ends at its trailers.
+func grpcRequest(messages int) *envoy.Request {
+	r := request(messages)
+	r.Response.Headers = []envoy.Header{{Name: "content-type", Value: "application/grpc"}}
+	r.Response.Trailers = []envoy.Header{{Name: "grpc-status", Value: "0"}}
+	return r
 }
 
 type scenario struct {
@@ -36,19 +44,27 @@ type scenario struct {
 }
 
 func scenarios() []scenario {
-	with := func(chunks int, f envoy.Failure) func() *envoy.Request {
-		return func() *envoy.Request { r := request(chunks); r.Failure = f; return r }
+	with := func(mk func(int) *envoy.Request, chunks int, f envoy.Failure) func() *envoy.Request {
+		return func() *envoy.Request { r := mk(chunks); r.Failure = f; return r }
 	}
+	fast := func() *envoy.Request { r := request(3); r.Response.BodyBeforeHeaderReply = true; return r }
 	return []scenario{
-		{"plain", with(0, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
-		{"sse", with(8, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
-		{"abort-before-request-headers", with(4, envoy.Failure{Phase: envoy.AbortBeforeRequestHeaders}), envoy.CloseReset, envoy.NeverStarted, 0},
-		{"abort-after-request-headers", with(4, envoy.Failure{Phase: envoy.AbortAfterRequestHeaders}), envoy.CloseReset, envoy.DownstreamReset, 0},
-		{"abort-mid-response-body", with(8, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 3}), envoy.CloseReset, envoy.DownstreamReset, 200},
-		{"upstream-reset-before-headers", with(4, envoy.Failure{Phase: envoy.UpstreamResetBeforeHeaders}), envoy.CloseReset, envoy.LocalReply, 503},
-		{"upstream-reset-mid-sse", with(8, envoy.Failure{Phase: envoy.UpstreamResetMidBody, AfterChunks: 5}), envoy.CloseReset, envoy.DownstreamReset, 200},
-		{"eof-first", with(4, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}), envoy.CloseGraceful, envoy.DownstreamReset, 200},
-		{"cancelled-first", with(4, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}), envoy.CloseResetOnly, envoy.DownstreamReset, 200},
+		{"bodiless", with(request, 0, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
+		{"sse-8", with(request, 8, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
+		{"sse-200", with(request, 200, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
+		{"small-fast-body", fast, envoy.CloseReset, envoy.Completed, 200},
+		{"grpc-trailers", with(grpcRequest, 3, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
+		{"grpc-trailers-only-body", with(grpcRequest, 0, envoy.Failure{}), envoy.CloseReset, envoy.Completed, 200},
+		{"abort-before-request-headers", with(request, 4, envoy.Failure{Phase: envoy.AbortBeforeRequestHeaders}), envoy.CloseReset, envoy.NeverStarted, 0},
+		{"abort-awaiting-reply", with(request, 4, envoy.Failure{Phase: envoy.AbortAwaitingReply}), envoy.CloseReset, envoy.DownstreamReset, 0},
+		{"abort-after-request-headers", with(request, 4, envoy.Failure{Phase: envoy.AbortAfterRequestHeaders}), envoy.CloseReset, envoy.DownstreamReset, 0},
+		{"abort-after-response-headers", with(request, 4, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 0}), envoy.CloseReset, envoy.DownstreamReset, 200},
+		{"abort-mid-response-body", with(request, 8, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 3}), envoy.CloseReset, envoy.DownstreamReset, 200},
+		{"abort-before-trailers", with(grpcRequest, 2, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}), envoy.CloseReset, envoy.DownstreamReset, 200},
+		{"upstream-reset-before-headers", with(request, 4, envoy.Failure{Phase: envoy.UpstreamResetBeforeHeaders}), envoy.CloseReset, envoy.LocalReply, 503},
+		{"upstream-reset-mid-sse", with(request, 8, envoy.Failure{Phase: envoy.UpstreamResetMidBody, AfterChunks: 5}), envoy.CloseReset, envoy.DownstreamReset, 200},
+		{"eof-first", with(request, 4, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}), envoy.CloseGraceful, envoy.DownstreamReset, 200},
+		{"cancelled-first", with(request, 4, envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}), envoy.CloseResetOnly, envoy.DownstreamReset, 200},
 	}
 }
 
@@ -57,6 +73,7 @@ type profile struct {
 	profile envoy.Profile
 }
 
+// profiles are the shipped modes of every profile × proxy generation.
 func profiles() []profile {
 	return []profile{
 		{envoy.Envoy136, envoy.Observe}, {envoy.Envoy136, envoy.Control},
@@ -98,27 +115,158 @@ func checkCounted(t *testing.T, reps []*envoytest.Replica, results ...*envoy.Res
 	return tot
 }
 
+// endCauses sums the replicas' request ends by cause.
+func endCauses(t *testing.T, reps []*envoytest.Replica) map[string]float64 {
+	out := map[string]float64{}
+	for _, r := range reps {
+		for _, c := range []string{"response_body_eos", "response_headers_eos", "response_trailers", "stream_eof", "stream_canceled", "stream_error"} {
+			out[c] += r.EndCount(t, c)
+		}
+	}
+	return out
+}
+
+// TestScenarios runs every scenario on the shipped modes of every profile
+// and generation, on one real extproc, and checks the outcome, that the
+// count drained, and which signal ended it: a bodiless response at its
+// headers, a gRPC response at its trailers, everything else at the
+// stream's end (no body is sent: one message per request direction).
 func TestScenarios(t *testing.T) {
 	for _, p := range profiles() {
 		for _, sc := range scenarios() {
 			t.Run(fmt.Sprintf("%v/%v/%s", p.version, p.profile, sc.name), func(t *testing.T) {
 				reps := envoytest.Start(t, 1)
-				c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile, CloseStyle: sc.close,
-					DeferredCloseTimeout: 20 * time.Millisecond}, reps)
-				res := c.Do(context.Background(), sc.req())
+				c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile, CloseStyle: sc.close}, reps)
+				req := sc.req()
+				res := c.Do(context.Background(), req)
 				res.Wait()
 				if res.Outcome != sc.outcome || res.Status != sc.status || res.FailOpen || res.ProcessorErr != nil {
 					t.Fatalf("outcome %v status %d failOpen %v err %v; want %v %d", res.Outcome, res.Status, res.FailOpen, res.ProcessorErr, sc.outcome, sc.status)
 				}
-				checkCounted(t, reps, res)
-				// Where the end can only come from the stream's close (the
-				// body is aborted), the close order decides what the server
-				// saw: graceful → EOF, reset without half-close → CANCELLED.
-				want := map[envoy.CloseStyle]string{envoy.CloseGraceful: "stream_eof", envoy.CloseResetOnly: "stream_canceled"}[sc.close]
-				if want != "" {
-					if got := reps[0].EndCount(t, want); got != 1 {
-						t.Fatalf("server ends by %s = %v, want 1", want, got)
+				for _, k := range res.Sent {
+					if k == envoy.ResponseBody || k == envoy.RequestBody {
+						t.Fatalf("sent %v: the shipped modes send no body", res.Sent)
 					}
+				}
+				tot := checkCounted(t, reps, res)
+				if !res.Stream.Opened || res.Stream.Uncertain || tot.Started == 0 {
+					return
+				}
+				ends := endCauses(t, reps)
+				want := "stream"
+				switch {
+				case sc.outcome == envoy.Completed && len(req.Response.Body) == 0 && len(req.Response.Trailers) == 0:
+					want = "response_headers_eos"
+				case sc.outcome == envoy.Completed && len(req.Response.Trailers) > 0:
+					want = "response_trailers"
+				}
+				got := ends[want]
+				if want == "stream" {
+					got = ends["stream_eof"] + ends["stream_canceled"]
+				}
+				if got != 1 {
+					t.Fatalf("request ended by %v, want by %s", ends, want)
+				}
+				// Where the end is the stream's close, the close order
+				// decides what the server saw: graceful → EOF, reset without
+				// half-close → CANCELLED.
+				if c := map[envoy.CloseStyle]string{envoy.CloseGraceful: "stream_eof", envoy.CloseResetOnly: "stream_canceled"}[sc.close]; c != "" && ends[c] != 1 {
+					t.Fatalf("server ends by %s = %v, want 1", c, ends[c])
+				}
+			})
+		}
+	}
+}
+
+// TestEndBias states, per profile, when the server sees the end relative to
+// the end of the HTTP request (Do returning), for the requests whose end is
+// the stream's close (a bodied response, an abort, a local reply). Only
+// causal order is asserted (timers never fire early), no durations:
+//   - control: Envoy closes the stream in onDestroy, before the HTTP stream
+//     is gone: the harness wrote the end before Do returned (exact);
+//   - observe: the close is deferred by deferred_close_timeout after the
+//     HTTP stream is gone (the shipped 100 ms): the end is written at least
+//     that long after Do returned, so the server cannot end it earlier.
+func TestEndBias(t *testing.T) {
+	shapes := map[string]func() *envoy.Request{
+		"sse": func() *envoy.Request { return request(5) },
+		"abort-mid-body": func() *envoy.Request {
+			r := request(5)
+			r.Failure = envoy.Failure{Phase: envoy.AbortMidResponseBody, AfterChunks: 2}
+			return r
+		},
+		"upstream-reset-before-headers": func() *envoy.Request {
+			r := request(5)
+			r.Failure = envoy.Failure{Phase: envoy.UpstreamResetBeforeHeaders}
+			return r
+		},
+	}
+	for _, p := range profiles() {
+		for name, mk := range shapes {
+			t.Run(fmt.Sprintf("%v/%v/%s", p.version, p.profile, name), func(t *testing.T) {
+				reps := envoytest.Start(t, 1)
+				c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile}, reps)
+				res := c.Do(context.Background(), mk())
+				httpEnd := time.Now()
+				res.Wait()
+				tot := checkCounted(t, reps, res)
+				s := res.Stream
+				if s.EndWrite.IsZero() || tot.Started != 1 {
+					t.Fatalf("stream %+v, started %d", s, tot.Started)
+				}
+				d := c.DeferredCloseTimeout()
+				switch p.profile {
+				case envoy.Control:
+					if !s.EndWrite.Before(httpEnd) {
+						t.Fatalf("control: end written %v after the HTTP request ended", s.EndWrite.Sub(httpEnd))
+					}
+				case envoy.Observe:
+					if late := s.EndWrite.Sub(httpEnd); late < d {
+						t.Fatalf("observe: end written %v after the HTTP request, want ≥ deferred_close_timeout %v", late, d)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestLocalReplies: the router's 503 after an upstream reset before
+// response headers, in both of Envoy's local-reply behaviours, on the
+// shipped modes. Skipped (1.34–1.36): the server sees only request_headers,
+// then the stream's end. Sent (≥ 1.37, envoy#41769): it also sees the 503's
+// response_headers, answers it in control, and the request still ends once,
+// at the stream's end (trailers SEND keeps the stream open past the header
+// reply; on 1.37 the reply's complete body lets Envoy close right there,
+// envoy#42507).
+func TestLocalReplies(t *testing.T) {
+	for _, p := range profiles() {
+		for _, lr := range []envoy.LocalReplies{envoy.LocalRepliesSkipped, envoy.LocalRepliesSent} {
+			t.Run(fmt.Sprintf("%v/%v/%v", p.version, p.profile, lr), func(t *testing.T) {
+				reps := envoytest.Start(t, 1)
+				c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile, LocalReplies: lr}, reps)
+				req := request(4)
+				req.Failure.Phase = envoy.UpstreamResetBeforeHeaders
+				res := c.Do(context.Background(), req)
+				res.Wait()
+				if res.Outcome != envoy.LocalReply || res.Status != 503 || res.FailOpen {
+					t.Fatalf("result %+v", res)
+				}
+				want := []envoy.Kind{envoy.RequestHeaders}
+				if lr == envoy.LocalRepliesSent {
+					want = append(want, envoy.ResponseHeaders)
+				}
+				if fmt.Sprint(res.Sent) != fmt.Sprint(want) {
+					t.Fatalf("sent %v, want %v", res.Sent, want)
+				}
+				if p.profile == envoy.Control && len(res.Replies) != len(want) {
+					t.Fatalf("replies %v, want one per message", res.Replies)
+				}
+				tot := checkCounted(t, reps, res)
+				if tot.Started != 1 {
+					t.Fatalf("started %d", tot.Started)
+				}
+				if e := endCauses(t, reps); e["stream_eof"]+e["stream_canceled"] != 1 {
+					t.Fatalf("ends %v, want one by the stream's end", e)
 				}
 			})
 		}
@@ -176,7 +324,7 @@ func TestServerShutdownMidStream(t *testing.T) {
 	for _, p := range profiles() {
 		t.Run(fmt.Sprintf("%v/%v", p.version, p.profile), func(t *testing.T) {
 			reps := envoytest.Start(t, 1)
-			c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile, DeferredCloseTimeout: 20 * time.Millisecond}, reps)
+			c := newClient(t, envoy.Config{Version: p.version, Profile: p.profile}, reps)
 			const n = 8
 			reached := make(chan struct{}, n)
 			release := make(chan struct{})

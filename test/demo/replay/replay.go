@@ -92,10 +92,8 @@ func New(f *fleet.Fleet, opt Options) (*Replayer, error) {
 	}
 	r := &Replayer{opt: opt, fleet: f, outcomes: map[string]int{}}
 	for i, v := range []envoy.Version{envoy.Envoy136, envoy.Envoy137} {
-		// The shipped install: observe profile, fail-open; a short
-		// deferred close as the install sets it.
-		c, err := envoy.NewClient(envoy.Config{Version: v, Profile: envoy.Observe,
-			DeferredCloseTimeout: time.Second, ConnsPerReplica: 2}, opt.Extprocs...)
+		// The shipped install: the observe profile's rendered filter.
+		c, err := envoy.NewClient(envoy.Config{Version: v, Profile: envoy.Observe, ConnsPerReplica: 2}, opt.Extprocs...)
 		if err != nil {
 			r.Close()
 			return nil, fmt.Errorf("replay: harness client %v: %w", v, err)

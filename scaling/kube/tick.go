@@ -1,0 +1,148 @@
+package kube
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/inflight-dev/inflight/scaling"
+	"github.com/inflight-dev/inflight/scaling/collect"
+)
+
+// term is the state of one leadership term, owned by the tick goroutine. A
+// new term starts from nothing: no snapshot baselines from an earlier term
+// (they would make one tick's delta span the whole gap) and fresh
+// autoscalers.
+type term struct {
+	coll      *collect.Collector
+	workloads map[collect.Workload]*wstate
+}
+
+func (c *Controller) newTerm() *term {
+	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}}
+}
+
+// wstate is the state of one workload within a term.
+type wstate struct {
+	fp       string // fingerprint of the inflight.dev/ annotations last parsed
+	cfg      *scaling.Config
+	cfgErr   error
+	as       *scaling.Autoscaler
+	seen     map[string]bool // pod UIDs whose start-up was recorded
+	starts   []time.Duration // last observed cold starts
+	written  int32
+	writtenT time.Time
+	last     *DecisionStatus
+	change   *DecisionStatus
+}
+
+func (w *wstate) coldStart() time.Duration {
+	if len(w.starts) == 0 {
+		return 0
+	}
+	var s time.Duration
+	for _, d := range w.starts {
+		s += d
+	}
+	return s / time.Duration(len(w.starts))
+}
+
+// tick runs one round: fetch the snapshots and sum them (collect), decide
+// per workload (policy), write what changed (/scale), publish the status.
+func (c *Controller) tick(ctx context.Context, t *term) {
+	begin := time.Now()
+	now := c.opt.Clock.Now()
+	res := c.fetch(ctx, t)
+	writes, ok := c.decide(t, res, now)
+	if !ok {
+		return
+	}
+	c.runWrites(ctx, writes)
+	for _, wr := range writes {
+		c.finish(wr, now)
+	}
+	c.publish(t, res, now)
+	c.m.tickDuration.Observe(time.Since(begin).Seconds())
+}
+
+// fetch collects every extproc replica's snapshot and sums it per workload.
+func (c *Controller) fetch(ctx context.Context, t *term) collect.Result {
+	res := t.coll.Tick(ctx, c.endpoints())
+	c.m.endpoints.WithLabelValues("answered").Set(float64(res.Answered))
+	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
+	if res.Partial {
+		c.m.partial.Set(1)
+	} else {
+		c.m.partial.Set(0)
+	}
+	for _, e := range res.Errors {
+		c.log.Debug("snapshot failed", zap.String("replica", e.Endpoint.Key), zap.String("kind", e.Kind), zap.Error(e.Err))
+	}
+	return res
+}
+
+// decide observes and decides for every annotated Deployment and returns
+// the writes to make; ok is false when the Deployments could not be listed.
+func (c *Controller) decide(t *term, res collect.Result, now time.Time) (writes []*write, ok bool) {
+	deps, err := c.deploys.List(labels.Everything())
+	if err != nil {
+		c.log.Error("list deployments", zap.Error(err))
+		return nil, false
+	}
+	present := map[collect.Workload]bool{}
+	for _, dep := range deps {
+		if _, ok := dep.Annotations[TargetAnnotation]; !ok {
+			continue
+		}
+		w := collect.Workload{Namespace: dep.Namespace, Name: dep.Name}
+		present[w] = true
+		st := t.workloads[w]
+		if st == nil {
+			st = &wstate{seen: map[string]bool{}}
+			t.workloads[w] = st
+		}
+		c.configure(w, dep, st, now)
+		if st.cfg == nil {
+			continue // never scale on an invalid configuration
+		}
+		if wr := c.decideOne(w, dep, st, res, now); wr != nil {
+			writes = append(writes, wr)
+		}
+	}
+	for w := range t.workloads {
+		if !present[w] {
+			delete(t.workloads, w)
+			c.m.forget(w)
+		}
+	}
+	return writes, true
+}
+
+// decideOne observes one workload and decides; it returns the write to
+// make, or nil.
+func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, st *wstate, res collect.Result, now time.Time) *write {
+	ready, starting := c.countPods(dep, st)
+	requested := int32(1)
+	if dep.Spec.Replicas != nil {
+		requested = *dep.Spec.Replicas
+	}
+	if !st.writtenT.IsZero() && requested != st.written && now.Sub(st.writtenT) < 5*c.opt.Tick+5*time.Second {
+		requested = st.written // the informer has not caught up with our write yet
+	}
+	s := res.Workloads[w]
+	obs := scaling.Observation{Time: now, Concurrency: s.Concurrency, InFlight: s.InFlight,
+		Arrivals: s.Arrivals, Completions: s.Completions, MeanDuration: s.MeanDuration,
+		Ready: ready, Starting: starting, Requested: requested, Partial: res.Partial,
+		ColdStart: st.coldStart()}
+	st.as.Observe(obs)
+	d := st.as.Decide(now)
+	c.m.workload(w, st.as.Config(), obs, d)
+	st.last = decisionStatus(d, obs, false)
+	if d.Direction == scaling.Hold || d.Desired == requested {
+		return nil
+	}
+	return &write{w: w, dep: dep, st: st, obs: obs, d: d, from: requested, to: d.Desired}
+}
