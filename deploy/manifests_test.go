@@ -5,14 +5,22 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -69,7 +77,8 @@ func TestKustomizeRenders(t *testing.T) {
 		"Deployment inflight-system/inflight-controller", "PodDisruptionBudget inflight-system/inflight-controller",
 		"NetworkPolicy inflight-system/default-deny", "NetworkPolicy inflight-system/inflight-extproc-grpc",
 		"NetworkPolicy inflight-system/inflight-extproc-admin", "NetworkPolicy inflight-system/inflight-controller-admin",
-		"NetworkPolicy inflight-system/inflight-controller-egress",
+		"NetworkPolicy inflight-system/inflight-controller-egress", "NetworkPolicy inflight-system/inflight-extproc-egress",
+		"PeerAuthentication inflight-system/inflight-extproc", "AuthorizationPolicy inflight-system/inflight-extproc",
 	}
 	monitoring := []string{
 		"ServiceMonitor inflight-system/inflight-extproc", "PodMonitor inflight-system/inflight-controller",
@@ -153,6 +162,7 @@ func TestInstallConsistency(t *testing.T) {
 	if ptr.Deref(ext.Spec.Template.Spec.AutomountServiceAccountToken, true) {
 		t.Error("extproc mounts a ServiceAccount token it never uses")
 	}
+	checkExtprocMesh(t, objs, &ext, drain)
 
 	// controller: its ServiceAccount is the one the RBAC binds.
 	var ctl appsv1.Deployment
@@ -243,6 +253,11 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
 		t.Errorf("%s: container securityContext %+v: want non-root, read-only root fs, no privilege escalation, drop ALL", d.Name, sc)
 	}
+	// An image is named by a release tag or a digest, never a moving tag.
+	name, tag, _ := strings.Cut(c.Image[strings.LastIndex(c.Image, "/")+1:], ":")
+	if tag == "" && !strings.Contains(name, "@sha256:") || strings.HasPrefix(tag, "latest") {
+		t.Errorf("%s: image %q: want a release tag or a sha256 digest, not latest", d.Name, c.Image)
+	}
 	probe := func(what string, p *corev1.Probe, path string) {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "admin" {
 			t.Errorf("%s: %s probe %+v: want GET %s on port admin", d.Name, what, p, path)
@@ -262,8 +277,27 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 	if !hasPodName {
 		t.Errorf("%s: no POD_NAME from the downward API", d.Name)
 	}
-	if d.Spec.Template.Labels["sidecar.istio.io/inject"] != "false" {
-		t.Errorf("%s: pods would get an Istio sidecar", d.Name)
+	// GOMEMLIMIT 85–90 % of the memory limit: the GC works harder before the
+	// kernel kills the container, with room for non-heap memory.
+	limit := c.Resources.Limits.Memory().Value()
+	gml := int64(-1)
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			if n, ok := strings.CutSuffix(e.Value, "MiB"); ok {
+				if v, err := strconv.ParseInt(n, 10, 64); err == nil {
+					gml = v << 20
+				}
+			}
+		}
+	}
+	if gml < limit*85/100 || gml > limit*90/100 {
+		t.Errorf("%s: GOMEMLIMIT %d bytes for a %d-byte limit: want 85–90 %% of it, in MiB", d.Name, gml, limit)
+	}
+	// The extproc is in the mesh (its sidecar authenticates the callers);
+	// the controller is not.
+	want := map[string]string{"inflight-extproc": "true", "inflight-controller": "false"}[d.Name]
+	if got := d.Spec.Template.Labels["sidecar.istio.io/inject"]; got != want {
+		t.Errorf("%s: pod label sidecar.istio.io/inject=%q, want %q", d.Name, got, want)
 	}
 }
 
@@ -308,6 +342,7 @@ func TestServerSideDryRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	apply := func(o object, dryRun bool) error { return ap.Apply(ctx, o, dryRun) }
+	deploytest.InstallIstioCRDs(t, cfg, deploytest.IstioCRDNames...)
 	ns := find(t, objs, "Namespace", "inflight-system")
 	if err := apply(ns, false); err != nil {
 		t.Fatalf("create %s: %v", ns.ID(), err)
@@ -484,5 +519,67 @@ func TestPromtoolCheckRules(t *testing.T) {
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, promtool, "test", "rules", p).CombinedOutput(); err != nil {
 		t.Fatalf("promtool test rules monitoring/alerts_test.yaml: %v\n%s", err, out)
+	}
+}
+
+// checkExtprocMesh checks the extproc's place in the mesh (issue 10): its
+// sidecar hands over exactly one XFCC element and outlives the drain, the
+// admin port stays out of the sidecar, the binary reads identities from XFCC
+// with its own SPIFFE ID, PeerAuthentication is STRICT and the
+// AuthorizationPolicy admits only mesh identities, only on the gRPC port.
+func checkExtprocMesh(t *testing.T, objs []object, ext *appsv1.Deployment, drain time.Duration) {
+	t.Helper()
+	ann := ext.Spec.Template.Annotations
+	var pc meshv1alpha1.ProxyConfig
+	if err := protojson.Unmarshal([]byte(ann["proxy.istio.io/config"]), &pc); err != nil {
+		t.Fatalf("extproc proxy.istio.io/config %q: %v", ann["proxy.istio.io/config"], err)
+	}
+	if got := pc.GetProxyHeaders().GetForwardedClientCert(); got != meshv1alpha1.ForwardClientCertDetails_SANITIZE_SET {
+		t.Errorf("extproc sidecar forwardedClientCert %v, want SANITIZE_SET (one XFCC element, the sidecar's own)", got)
+	}
+	grace := time.Duration(ptr.Deref(ext.Spec.Template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second
+	if d := pc.GetTerminationDrainDuration().AsDuration(); d < drain || d > grace {
+		t.Errorf("extproc sidecar terminationDrainDuration %v: want between --drain-timeout %v and the grace period %v", d, drain, grace)
+	}
+	if got := ann["traffic.sidecar.istio.io/excludeInboundPorts"]; got != "9090" {
+		t.Errorf("extproc excludeInboundPorts %q, want 9090 (the admin port is read in plaintext by the controller and Prometheus)", got)
+	}
+	args := ext.Spec.Template.Spec.Containers[0].Args
+	for _, want := range []string{"--caller-identity=xfcc", "--xfcc-by=spiffe://cluster.local/ns/" + ext.Namespace + "/sa/" + ext.Spec.Template.Spec.ServiceAccountName} {
+		if !slices.Contains(args, want) {
+			t.Errorf("extproc args %q lack %s", args, want)
+		}
+	}
+
+	var pa securityv1beta1.PeerAuthentication
+	specOf(t, find(t, objs, "PeerAuthentication", "inflight-extproc"), &pa)
+	if pa.GetMtls().GetMode() != securityv1beta1.PeerAuthentication_MutualTLS_STRICT || !maps.Equal(pa.GetSelector().GetMatchLabels(), ext.Spec.Selector.MatchLabels) {
+		t.Errorf("PeerAuthentication %v: want STRICT on the extproc's pods", &pa)
+	}
+	var ap securityv1beta1.AuthorizationPolicy
+	specOf(t, find(t, objs, "AuthorizationPolicy", "inflight-extproc"), &ap)
+	if ap.GetAction() != securityv1beta1.AuthorizationPolicy_ALLOW || !maps.Equal(ap.GetSelector().GetMatchLabels(), ext.Spec.Selector.MatchLabels) || len(ap.GetRules()) != 1 {
+		t.Fatalf("AuthorizationPolicy %v: want one ALLOW rule on the extproc's pods", &ap)
+	}
+	r := ap.GetRules()[0]
+	if len(r.GetFrom()) != 1 || !slices.Equal(r.GetFrom()[0].GetSource().GetPrincipals(), []string{"*"}) ||
+		len(r.GetTo()) != 1 || !slices.Equal(r.GetTo()[0].GetOperation().GetPorts(), []string{fmt.Sprint(istio.DefaultExtprocPort)}) {
+		t.Errorf("AuthorizationPolicy rule %v: want principals [*] (mTLS identities only) to port %d", r, istio.DefaultExtprocPort)
+	}
+}
+
+// specOf decodes an Istio object's spec strictly into its protobuf type.
+func specOf(t *testing.T, o object, into proto.Message) {
+	t.Helper()
+	spec, ok := o.U.Object["spec"]
+	if !ok {
+		t.Fatalf("%s has no spec", o.ID())
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protojson.Unmarshal(js, into); err != nil {
+		t.Fatalf("%s: spec does not decode strictly into %T: %v", o.ID(), into, err)
 	}
 }

@@ -120,6 +120,13 @@ func IsMonitoring(o Object) bool {
 	return strings.HasPrefix(o.U.GetAPIVersion(), "monitoring.coreos.com/")
 }
 
+// IstioCRDNames are the Istio CRDs inflight's manifests use.
+var IstioCRDNames = []string{
+	"envoyfilters.networking.istio.io",
+	"peerauthentications.security.istio.io",
+	"authorizationpolicies.security.istio.io",
+}
+
 // IstioCRDs returns Istio's own CustomResourceDefinitions of those names
 // (e.g. envoyfilters.networking.istio.io), from the istio.io/api module the
 // main module depends on.

@@ -253,9 +253,14 @@ func everyOption() map[string]any {
 			"podAnnotations": map[string]any{"a": "b"}, "nodeSelector": map[string]any{"pool": "system"},
 			"tolerations": []any{map[string]any{"key": "system", "operator": "Exists"}},
 		},
-		"controller": map[string]any{"replicas": 1, "resources": res("200m", "128Mi"), "extraArgs": []any{"--tick=2s"}},
+		"controller": map[string]any{"replicas": 1, "resources": res("200m", "1Gi"), "extraArgs": []any{"--tick=2s"}, "watchNamespace": "models"},
+		"mesh": map[string]any{
+			"trustDomain": "corp.example", "revision": "canary", "allowedPrincipals": []any{"corp.example/ns/models/*"},
+			"gatewayIdentities": []any{"spiffe://corp.example/ns/gw/sa/edge=models,shop"},
+			"istiod":            map[string]any{"namespace": "istio-canary", "podLabels": map[string]any{"app": "istiod", "istio.io/rev": "canary"}},
+		},
 		"networkPolicy": map[string]any{
-			"gatewayNamespace": "gateways", "dnsNamespace": "dns",
+			"gatewayNamespace": "gateways", "dnsNamespace": "dns", "apiServerCIDRs": []any{"192.0.2.10/32"},
 			"prometheus": map[string]any{"namespace": "observability", "podLabels": map[string]any{"app": "prom"}},
 		},
 		"monitoring": map[string]any{"labels": map[string]any{"release": "kps"}, "interval": "30s"},
@@ -310,7 +315,16 @@ func TestChartValues(t *testing.T) {
 		{"rule label", get("PrometheusRule ml-infra/inflight", "metadata", "labels", "release"), "kps"},
 		{"scrape interval", get("PodMonitor ml-infra/inflight-controller", "spec", "podMetricsEndpoints").([]any)[0].(map[string]any)["interval"], "30s"},
 		{"dashboard label", get("ConfigMap ml-infra/inflight-dashboard-health", "metadata", "labels", "team"), "ml"},
-		{"rolebinding subject", get("ClusterRoleBinding /inflight-controller", "subjects").([]any)[0].(map[string]any)["namespace"], "ml-infra"},
+		{"namespaced RBAC", get("RoleBinding models/inflight-controller", "subjects").([]any)[0].(map[string]any)["namespace"], "ml-infra"},
+		{"namespaced role", get("Role models/inflight-controller", "rules").([]any)[1].(map[string]any)["resources"], []any{"deployments/scale"}},
+		{"controller watches one namespace", slices.Contains(container(ctl)["args"].([]any), any("--namespace=models")), true},
+		{"extproc GOMEMLIMIT 90 % of 512Mi", container(ext)["env"].([]any)[1].(map[string]any)["value"], "460MiB"},
+		{"controller GOMEMLIMIT 90 % of 1Gi", container(ctl)["env"].([]any)[2].(map[string]any)["value"], "921MiB"},
+		{"xfcc-by", slices.Contains(container(ext)["args"].([]any), any("--xfcc-by=spiffe://corp.example/ns/ml-infra/sa/inflight-extproc")), true},
+		{"gateway identity", slices.Contains(container(ext)["args"].([]any), any("--gateway-identity=spiffe://corp.example/ns/gw/sa/edge=models,shop")), true},
+		{"revision label", get(ext, "spec", "template", "metadata", "labels", "istio.io/rev"), "canary"},
+		{"sidecar drain = grace", get(ext, "spec", "template", "metadata", "annotations", "proxy.istio.io/config"), `{"proxyHeaders":{"forwardedClientCert":"SANITIZE_SET"},"terminationDrainDuration":"75s"}`},
+		{"allowed principals", get("AuthorizationPolicy ml-infra/inflight-extproc", "spec", "rules").([]any)[0].(map[string]any)["from"].([]any)[0].(map[string]any)["source"].(map[string]any)["principals"], []any{"corp.example/ns/models/*"}},
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s: got %v (%T), want %v (%T)", c.what, c.got, c.got, c.want, c.want)
@@ -321,6 +335,23 @@ func TestChartValues(t *testing.T) {
 		if !strings.Contains(string(np), want) {
 			t.Errorf("inflight-extproc-admin lacks %q:\n%s", want, np)
 		}
+	}
+	for id, want := range map[string][]string{
+		"NetworkPolicy ml-infra/inflight-controller-egress": {"cidr: 192.0.2.10/32", "kubernetes.io/metadata.name: dns"},
+		"NetworkPolicy ml-infra/inflight-extproc-egress":    {"kubernetes.io/metadata.name: istio-canary", "istio.io/rev: canary", "port: 15012"},
+	} {
+		b, _ := yaml.Marshal(m[id].Object)
+		for _, w := range want {
+			if !strings.Contains(string(b), w) {
+				t.Errorf("%s lacks %q:\n%s", id, w, b)
+			}
+		}
+	}
+	if _, ok := m["ClusterRole /inflight-controller"]; ok {
+		t.Error("controller.watchNamespace set, yet a ClusterRole is rendered")
+	}
+	if _, ok := get(ext, "spec", "template", "metadata", "labels").(map[string]any)["sidecar.istio.io/inject"]; ok {
+		t.Error("with mesh.revision the extproc pods must not also carry sidecar.istio.io/inject")
 	}
 
 	// Turned off: NetworkPolicies, monitors, rule, dashboards.
@@ -334,8 +365,8 @@ func TestChartValues(t *testing.T) {
 			t.Errorf("%s rendered though turned off", id)
 		}
 	}
-	if len(off) != 11 {
-		t.Errorf("%d objects with everything optional off, want 11: %v", len(off), slices.Sorted(maps.Keys(off)))
+	if len(off) != 13 {
+		t.Errorf("%d objects with everything optional off, want 13: %v", len(off), slices.Sorted(maps.Keys(off)))
 	}
 }
 
@@ -348,6 +379,7 @@ func TestChartSchema(t *testing.T) {
 	}{
 		"unknown key":        {map[string]any{"extproc": map[string]any{"replica": 3}}, "replica"},
 		"zero replicas":      {map[string]any{"controller": map[string]any{"replicas": 0}}, "replicas"},
+		"moving tag":         {map[string]any{"images": map[string]any{"controller": map[string]any{"tag": "latest"}}}, "tag"},
 		"bad digest":         {map[string]any{"images": map[string]any{"extproc": map[string]any{"digest": "sha256:xyz"}}}, "digest"},
 		"bad profile":        {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "profile": "fast"}}}, "profile"},
 		"bad generation":     {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "generations": []any{"1.22"}}}}, "generations"},
@@ -355,6 +387,9 @@ func TestChartSchema(t *testing.T) {
 		"flag without dash":  {map[string]any{"extproc": map[string]any{"extraArgs": []any{"max-targets=5"}}}, "extraArgs"},
 		"gateway with port":  {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "port": 8080}}}, "port=8080: only for a sidecar"},
 		"sidecar, no labels": {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "models"}}}, "selector is empty"},
+		"bad gateway id":     {map[string]any{"mesh": map[string]any{"gatewayIdentities": []any{"istio-system/gw"}}}, "gatewayIdentities"},
+		"unparsable limit":   {map[string]any{"extproc": map[string]any{"resources": map[string]any{"requests": map[string]any{"cpu": "1", "memory": "1G"}, "limits": map[string]any{"memory": "1G"}}}}, "extproc.goMemLimit"},
+		"watch own ns":       {map[string]any{"controller": map[string]any{"watchNamespace": "inflight-system"}}, "watchNamespace must differ"},
 		"no namespace":       {map[string]any{"envoyFilters": []any{map[string]any{"selector": map[string]any{"a": "b"}}}}, "namespace is empty"},
 	} {
 		_, err := render(t, "inflight-system", c.vals)
@@ -434,7 +469,7 @@ func TestChartEnvoyFilters(t *testing.T) {
 // deploy/ decodes strictly into the operator's types).
 func TestChartServerSideDryRun(t *testing.T) {
 	cfg := controlplane.Config(t)
-	deploytest.InstallIstioCRDs(t, cfg, "envoyfilters.networking.istio.io")
+	deploytest.InstallIstioCRDs(t, cfg, deploytest.IstioCRDNames...)
 	vals := everyOption()
 	vals["namespace"] = map[string]any{"create": true}
 	objs := mustRender(t, "ml-infra", vals)

@@ -60,3 +60,32 @@ seccompProfile:
     matchLabels:
       {{- toYaml .prometheus.podLabels | nindent 6 }}
 {{- end }}
+
+{{/*
+inflight.goMemLimit: GOMEMLIMIT, 90 % of the container's memory limit (Mi or
+Gi), or the explicit goMemLimit value. Call with .Values.extproc or
+.Values.controller and a "what" for the error.
+*/}}
+{{- define "inflight.goMemLimit" -}}
+{{- if .v.goMemLimit -}}
+{{ .v.goMemLimit }}
+{{- else -}}
+{{- $lim := toString (.v.resources.limits.memory | default "") -}}
+{{- if regexMatch "^[0-9]+Mi$" $lim -}}
+{{ div (mul (trimSuffix "Mi" $lim | int) 9) 10 }}MiB
+{{- else if regexMatch "^[0-9]+Gi$" $lim -}}
+{{ div (mul (trimSuffix "Gi" $lim | int) 9216) 10 }}MiB
+{{- else -}}
+{{ fail (printf "%s.resources.limits.memory=%q: want <n>Mi or <n>Gi to derive GOMEMLIMIT (90 %%), or set %s.goMemLimit" .what $lim .what) }}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* inflight.meshLabel: how the extproc pods ask for a sidecar. */}}
+{{- define "inflight.meshLabel" -}}
+{{- if .Values.mesh.revision -}}
+istio.io/rev: {{ .Values.mesh.revision | quote }}
+{{- else -}}
+sidecar.istio.io/inject: "true"
+{{- end -}}
+{{- end }}
