@@ -5,11 +5,16 @@ CACHE := $(CURDIR)/.cache
 CONTROLPLANE_BIN := $(CACHE)/controlplane/bin
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE_BIN)
 
-.PHONY: test deps controlplane lint race fuzz bench build sim
+.PHONY: test test-nested deps controlplane lint race fuzz bench build sim images
 
 ## test: everything CI checks (builds the test control plane once, cached in .cache/)
-test: deps controlplane lint race
+test: deps controlplane lint race test-nested
 	INFLIGHT_REQUIRE_CONTROLPLANE=1 INFLIGHT_LONG=1 $(GO) test -count=1 -timeout 45m ./...
+
+## test-nested: the nested test modules (their dependency graphs stay out of go.mod): test/helm (the Helm chart)
+NESTED := test/helm
+test-nested: controlplane
+	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) vet ./... && INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -count=1 -timeout 20m ./...) || exit 1; done
 
 ## deps: Debian's prometheus/promtool (dashboard and alert checks), installed when missing
 deps:
@@ -51,6 +56,11 @@ fuzz:
 ## build: the binaries into bin/
 build:
 	$(GO) build -o bin/ ./cmd/...
+
+## images: the extproc and controller images as OCI layouts in out/images/ (no Docker); PIN=1 writes the digests into deploy/
+images:
+	$(GO) run ./cmd/inflight-images --out out/images --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  --source-date-epoch $$(git log -1 --format=%ct 2>/dev/null || echo 0) $(if $(PIN),--pin)
 
 ## bench: extproc against a CONTINUE-only null processor on the shipped modes of both profiles at 1, 50, 200 and 1,000 response chunks, same load, alternating rounds (≈ 8 min)
 bench:

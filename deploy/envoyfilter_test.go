@@ -4,16 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -24,45 +20,10 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/inflight-dev/inflight/deploy/deploytest"
 	"github.com/inflight-dev/inflight/istio"
 	"github.com/inflight-dev/inflight/test/controlplane"
 )
-
-// istioCRD returns Istio's own EnvoyFilter CustomResourceDefinition, from
-// the istio.io/api module the project depends on.
-func istioCRD(t *testing.T) *apiextensionsv1.CustomResourceDefinition {
-	t.Helper()
-	root, err := controlplane.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "istio.io/api")
-	cmd.Dir = root
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list -m istio.io/api: %v", err)
-	}
-	b, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "kubernetes", "customresourcedefinitions.gen.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
-		if !strings.Contains(doc, "name: envoyfilters.networking.istio.io") {
-			continue
-		}
-		crd := &apiextensionsv1.CustomResourceDefinition{}
-		if err := yaml.Unmarshal([]byte(doc), crd); err != nil {
-			t.Fatal(err)
-		}
-		if crd.Name == "envoyfilters.networking.istio.io" {
-			return crd
-		}
-	}
-	t.Fatal("no envoyfilters.networking.istio.io CRD in istio.io/api")
-	return nil
-}
 
 // TestEnvoyFiltersServerSideDryRun installs Istio's EnvoyFilter CRD (with
 // its OpenAPI schema and validation rules) into the test kube-apiserver and
@@ -72,33 +33,7 @@ func TestEnvoyFiltersServerSideDryRun(t *testing.T) {
 	cfg := controlplane.Config(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ax, err := apiextensionsclient.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crd := istioCRD(t)
-	if _, err := ax.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("create %s: %v", crd.Name, err)
-	}
-	established := func() bool {
-		c, err := ax.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		for _, cond := range c.Status.Conditions {
-			if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
-				return true
-			}
-		}
-		return false
-	}
-	tk := time.NewTicker(100 * time.Millisecond)
-	defer tk.Stop()
-	for deadline := time.Now().Add(30 * time.Second); !established(); <-tk.C {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not established after 30s", crd.Name)
-		}
-	}
+	deploytest.InstallIstioCRDs(t, cfg, "envoyfilters.networking.istio.io")
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -6,15 +6,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -24,15 +30,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/inflight-dev/inflight/deploy/deploytest"
 	"github.com/inflight-dev/inflight/istio"
 	"github.com/inflight-dev/inflight/scaling/kube"
 	"github.com/inflight-dev/inflight/test/controlplane"
@@ -40,66 +42,14 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(controlplane.Main(m)) }
 
-// requireTool returns the path of a command, or skips (fails under
-// INFLIGHT_REQUIRE_CONTROLPLANE=1, i.e. in CI) when it is missing.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if controlplane.Required() {
-			t.Fatalf("%s not found on PATH (%s=1: CI must have it; .ci/run installs prometheus/promtool, kubectl and npm come with the image)", name, controlplane.RequireEnv)
-		}
-		t.Skipf("%s not found on PATH: skipping (install it to run this check)", name)
-	}
-	return p
-}
+func requireTool(t *testing.T, name string) string { return deploytest.RequireTool(t, name) }
 
-// object is one rendered manifest.
-type object struct {
-	u   *unstructured.Unstructured
-	raw []byte // the document as YAML
-}
+type object = deploytest.Object
 
-func (o object) id() string {
-	return fmt.Sprintf("%s %s/%s", o.u.GetKind(), o.u.GetNamespace(), o.u.GetName())
-}
-
-// kustomize renders dir (relative to deploy/) with kubectl kustomize.
-func kustomize(t *testing.T, dir string) []object {
-	t.Helper()
-	kubectl := requireTool(t, "kubectl")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
-	}
-	var objs []object
-	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(out), -1) {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		u := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
-			t.Fatalf("kustomize output: %v\n%s", err, doc)
-		}
-		objs = append(objs, object{u: u, raw: []byte(doc)})
-	}
-	return objs
-}
+func kustomize(t *testing.T, dir string) []object { return deploytest.Kustomize(t, dir) }
 
 func find(t *testing.T, objs []object, kind, name string) object {
-	t.Helper()
-	for _, o := range objs {
-		if o.u.GetKind() == kind && o.u.GetName() == name {
-			return o
-		}
-	}
-	t.Fatalf("no %s %q in the rendered install", kind, name)
-	return object{}
+	return deploytest.Find(t, objs, kind, name)
 }
 
 // strictDecoder decodes YAML into the registered Go types, rejecting unknown
@@ -107,13 +57,9 @@ func find(t *testing.T, objs []object, kind, name string) object {
 func strictDecode(t *testing.T, o object, into runtime.Object) {
 	t.Helper()
 	s := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme, kjson.SerializerOptions{Yaml: true, Strict: true})
-	if _, _, err := s.Decode(o.raw, nil, into); err != nil {
-		t.Fatalf("%s: strict decode: %v", o.id(), err)
+	if _, _, err := s.Decode(o.Raw, nil, into); err != nil {
+		t.Fatalf("%s: strict decode: %v", o.ID(), err)
 	}
-}
-
-func isMonitoring(o object) bool {
-	return strings.HasPrefix(o.u.GetAPIVersion(), "monitoring.coreos.com/")
 }
 
 // TestKustomizeRenders renders deploy/ and deploy/base and checks the set of
@@ -131,7 +77,8 @@ func TestKustomizeRenders(t *testing.T) {
 		"Deployment inflight-system/inflight-controller", "PodDisruptionBudget inflight-system/inflight-controller",
 		"NetworkPolicy inflight-system/default-deny", "NetworkPolicy inflight-system/inflight-extproc-grpc",
 		"NetworkPolicy inflight-system/inflight-extproc-admin", "NetworkPolicy inflight-system/inflight-controller-admin",
-		"NetworkPolicy inflight-system/inflight-controller-egress",
+		"NetworkPolicy inflight-system/inflight-controller-egress", "NetworkPolicy inflight-system/inflight-extproc-egress",
+		"PeerAuthentication inflight-system/inflight-extproc", "AuthorizationPolicy inflight-system/inflight-extproc",
 	}
 	monitoring := []string{
 		"ServiceMonitor inflight-system/inflight-extproc", "PodMonitor inflight-system/inflight-controller",
@@ -142,10 +89,10 @@ func TestKustomizeRenders(t *testing.T) {
 	ids := func(objs []object) map[string]bool {
 		m := map[string]bool{}
 		for _, o := range objs {
-			if m[o.id()] {
-				t.Errorf("duplicate %s", o.id())
+			if m[o.ID()] {
+				t.Errorf("duplicate %s", o.ID())
 			}
-			m[o.id()] = true
+			m[o.ID()] = true
 		}
 		return m
 	}
@@ -215,6 +162,7 @@ func TestInstallConsistency(t *testing.T) {
 	if ptr.Deref(ext.Spec.Template.Spec.AutomountServiceAccountToken, true) {
 		t.Error("extproc mounts a ServiceAccount token it never uses")
 	}
+	checkExtprocMesh(t, objs, &ext, drain)
 
 	// controller: its ServiceAccount is the one the RBAC binds.
 	var ctl appsv1.Deployment
@@ -224,11 +172,11 @@ func TestInstallConsistency(t *testing.T) {
 	for _, kind := range []string{"ClusterRoleBinding", "RoleBinding"} {
 		var rb rbacv1.RoleBinding
 		o := find(t, objs, kind, "inflight-controller")
-		if err := yaml.UnmarshalStrict(o.raw, &rb); err != nil {
-			t.Fatalf("%s: %v", o.id(), err)
+		if err := yaml.UnmarshalStrict(o.Raw, &rb); err != nil {
+			t.Fatalf("%s: %v", o.ID(), err)
 		}
 		if len(rb.Subjects) != 1 || rb.Subjects[0].Name != sa || rb.Subjects[0].Namespace != ctl.Namespace {
-			t.Errorf("%s binds %+v, want the controller's ServiceAccount %s/%s", o.id(), rb.Subjects, ctl.Namespace, sa)
+			t.Errorf("%s binds %+v, want the controller's ServiceAccount %s/%s", o.ID(), rb.Subjects, ctl.Namespace, sa)
 		}
 	}
 	shutdown := flagDuration(t, ctl.Spec.Template.Spec.Containers[0].Args, "--shutdown-timeout", 10*time.Second)
@@ -305,6 +253,11 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
 		t.Errorf("%s: container securityContext %+v: want non-root, read-only root fs, no privilege escalation, drop ALL", d.Name, sc)
 	}
+	// An image is named by a release tag or a digest, never a moving tag.
+	name, tag, _ := strings.Cut(c.Image[strings.LastIndex(c.Image, "/")+1:], ":")
+	if tag == "" && !strings.Contains(name, "@sha256:") || strings.HasPrefix(tag, "latest") {
+		t.Errorf("%s: image %q: want a release tag or a sha256 digest, not latest", d.Name, c.Image)
+	}
 	probe := func(what string, p *corev1.Probe, path string) {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "admin" {
 			t.Errorf("%s: %s probe %+v: want GET %s on port admin", d.Name, what, p, path)
@@ -324,8 +277,27 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 	if !hasPodName {
 		t.Errorf("%s: no POD_NAME from the downward API", d.Name)
 	}
-	if d.Spec.Template.Labels["sidecar.istio.io/inject"] != "false" {
-		t.Errorf("%s: pods would get an Istio sidecar", d.Name)
+	// GOMEMLIMIT 85–90 % of the memory limit: the GC works harder before the
+	// kernel kills the container, with room for non-heap memory.
+	limit := c.Resources.Limits.Memory().Value()
+	gml := int64(-1)
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			if n, ok := strings.CutSuffix(e.Value, "MiB"); ok {
+				if v, err := strconv.ParseInt(n, 10, 64); err == nil {
+					gml = v << 20
+				}
+			}
+		}
+	}
+	if gml < limit*85/100 || gml > limit*90/100 {
+		t.Errorf("%s: GOMEMLIMIT %d bytes for a %d-byte limit: want 85–90 %% of it, in MiB", d.Name, gml, limit)
+	}
+	// The extproc is in the mesh (its sidecar authenticates the callers);
+	// the controller is not.
+	want := map[string]string{"inflight-extproc": "true", "inflight-controller": "false"}[d.Name]
+	if got := d.Spec.Template.Labels["sidecar.istio.io/inject"]; got != want {
+		t.Errorf("%s: pod label sidecar.istio.io/inject=%q, want %q", d.Name, got, want)
 	}
 }
 
@@ -365,46 +337,23 @@ func flagDuration(t *testing.T, args []string, name string, def time.Duration) t
 func TestServerSideDryRun(t *testing.T) {
 	cfg := controlplane.Config(t)
 	objs := kustomize(t, ".")
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	ap := deploytest.NewApplier(t, cfg)
+	dyn := ap.Dynamic()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
-	apply := func(o object, dryRun bool) error {
-		gvk := o.u.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			return fmt.Errorf("%s: %w", o.id(), err)
-		}
-		data, err := json.Marshal(o.u.Object)
-		if err != nil {
-			return err
-		}
-		opts := metav1.PatchOptions{FieldManager: "inflight-deploy-test", Force: ptr.To(true), FieldValidation: "Strict"}
-		if dryRun {
-			opts.DryRun = []string{metav1.DryRunAll}
-		}
-		_, err = dyn.Resource(m.Resource).Namespace(o.u.GetNamespace()).Patch(ctx, o.u.GetName(), types.ApplyPatchType, data, opts)
-		return err
-	}
+	apply := func(o object, dryRun bool) error { return ap.Apply(ctx, o, dryRun) }
+	deploytest.InstallIstioCRDs(t, cfg, deploytest.IstioCRDNames...)
 	ns := find(t, objs, "Namespace", "inflight-system")
 	if err := apply(ns, false); err != nil {
-		t.Fatalf("create %s: %v", ns.id(), err)
+		t.Fatalf("create %s: %v", ns.ID(), err)
 	}
 	n := 0
 	for _, o := range objs {
-		if isMonitoring(o) {
+		if deploytest.IsMonitoring(o) {
 			continue // no prometheus-operator CRDs here: decoded strictly in TestMonitoringTypes
 		}
 		if err := apply(o, true); err != nil {
-			t.Errorf("server-side dry-run apply: %s: %v", o.id(), err)
+			t.Errorf("server-side dry-run apply: %s: %v", o.ID(), err)
 		}
 		n++
 	}
@@ -426,15 +375,15 @@ func TestServerSideDryRun(t *testing.T) {
 	var ext appsv1.Deployment
 	strictDecode(t, find(t, objs, "Deployment", "inflight-extproc"), &ext)
 	bad := find(t, objs, "Deployment", "inflight-extproc")
-	bad.u = bad.u.DeepCopy()
-	if err := unstructured.SetNestedField(bad.u.Object, int64(1), "spec", "replica"); err != nil {
+	bad.U = bad.U.DeepCopy()
+	if err := unstructured.SetNestedField(bad.U.Object, int64(1), "spec", "replica"); err != nil {
 		t.Fatal(err)
 	}
 	if err := apply(bad, true); err == nil || !strings.Contains(err.Error(), "replica") {
 		t.Errorf("an unknown field passed the dry-run: %v", err)
 	}
-	bad.u = find(t, objs, "Deployment", "inflight-extproc").u.DeepCopy()
-	if err := unstructured.SetNestedField(bad.u.Object, int64(-1), "spec", "replicas"); err != nil {
+	bad.U = find(t, objs, "Deployment", "inflight-extproc").U.DeepCopy()
+	if err := unstructured.SetNestedField(bad.U.Object, int64(-1), "spec", "replicas"); err != nil {
 		t.Fatal(err)
 	}
 	if err := apply(bad, true); err == nil {
@@ -442,8 +391,7 @@ func TestServerSideDryRun(t *testing.T) {
 	}
 	pod := podOf(&ext)
 	pod.Object["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)["securityContext"] = map[string]any{"privileged": true}
-	_, err = cs.Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-	if err == nil {
+	if _, err := cs.Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err == nil {
 		t.Error("a privileged pod passed PodSecurity in inflight-system: is the namespace's enforce label effective?")
 	}
 }
@@ -468,11 +416,11 @@ func TestMonitoringTypes(t *testing.T) {
 	objs := kustomize(t, ".")
 	n := 0
 	for _, o := range objs {
-		if !isMonitoring(o) {
+		if !deploytest.IsMonitoring(o) {
 			continue
 		}
 		var into any
-		switch o.u.GetKind() {
+		switch o.U.GetKind() {
 		case monv1.PodMonitorsKind:
 			into = &monv1.PodMonitor{}
 		case monv1.ServiceMonitorsKind:
@@ -480,11 +428,11 @@ func TestMonitoringTypes(t *testing.T) {
 		case monv1.PrometheusRuleKind:
 			into = &monv1.PrometheusRule{}
 		default:
-			t.Errorf("%s: unexpected monitoring kind", o.id())
+			t.Errorf("%s: unexpected monitoring kind", o.ID())
 			continue
 		}
-		if err := decodeStrict(o.raw, into); err != nil {
-			t.Errorf("%s: %v", o.id(), err)
+		if err := decodeStrict(o.Raw, into); err != nil {
+			t.Errorf("%s: %v", o.ID(), err)
 		}
 		n++
 	}
@@ -492,7 +440,7 @@ func TestMonitoringTypes(t *testing.T) {
 		t.Errorf("decoded %d monitoring objects, want 3", n)
 	}
 	// And the check can fail.
-	bad := bytes.Replace(find(t, objs, "PodMonitor", "inflight-controller").raw, []byte("honorLabels:"), []byte("honourLabels:"), 1)
+	bad := bytes.Replace(find(t, objs, "PodMonitor", "inflight-controller").Raw, []byte("honorLabels:"), []byte("honourLabels:"), 1)
 	if err := decodeStrict(bad, &monv1.PodMonitor{}); err == nil {
 		t.Error("a misspelt PodMonitor field decoded")
 	}
@@ -518,7 +466,7 @@ func decodeStrict(doc []byte, into any) error {
 func ruleGroups(t *testing.T) []byte {
 	t.Helper()
 	var pr monv1.PrometheusRule
-	if err := decodeStrict(find(t, kustomize(t, "."), "PrometheusRule", "inflight").raw, &pr); err != nil {
+	if err := decodeStrict(find(t, kustomize(t, "."), "PrometheusRule", "inflight").Raw, &pr); err != nil {
 		t.Fatal(err)
 	}
 	b, err := yaml.Marshal(pr.Spec)
@@ -571,5 +519,67 @@ func TestPromtoolCheckRules(t *testing.T) {
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, promtool, "test", "rules", p).CombinedOutput(); err != nil {
 		t.Fatalf("promtool test rules monitoring/alerts_test.yaml: %v\n%s", err, out)
+	}
+}
+
+// checkExtprocMesh checks the extproc's place in the mesh (issue 10): its
+// sidecar hands over exactly one XFCC element and outlives the drain, the
+// admin port stays out of the sidecar, the binary reads identities from XFCC
+// with its own SPIFFE ID, PeerAuthentication is STRICT and the
+// AuthorizationPolicy admits only mesh identities, only on the gRPC port.
+func checkExtprocMesh(t *testing.T, objs []object, ext *appsv1.Deployment, drain time.Duration) {
+	t.Helper()
+	ann := ext.Spec.Template.Annotations
+	var pc meshv1alpha1.ProxyConfig
+	if err := protojson.Unmarshal([]byte(ann["proxy.istio.io/config"]), &pc); err != nil {
+		t.Fatalf("extproc proxy.istio.io/config %q: %v", ann["proxy.istio.io/config"], err)
+	}
+	if got := pc.GetProxyHeaders().GetForwardedClientCert(); got != meshv1alpha1.ForwardClientCertDetails_SANITIZE_SET {
+		t.Errorf("extproc sidecar forwardedClientCert %v, want SANITIZE_SET (one XFCC element, the sidecar's own)", got)
+	}
+	grace := time.Duration(ptr.Deref(ext.Spec.Template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second
+	if d := pc.GetTerminationDrainDuration().AsDuration(); d < drain || d > grace {
+		t.Errorf("extproc sidecar terminationDrainDuration %v: want between --drain-timeout %v and the grace period %v", d, drain, grace)
+	}
+	if got := ann["traffic.sidecar.istio.io/excludeInboundPorts"]; got != "9090" {
+		t.Errorf("extproc excludeInboundPorts %q, want 9090 (the admin port is read in plaintext by the controller and Prometheus)", got)
+	}
+	args := ext.Spec.Template.Spec.Containers[0].Args
+	for _, want := range []string{"--caller-identity=xfcc", "--xfcc-by=spiffe://cluster.local/ns/" + ext.Namespace + "/sa/" + ext.Spec.Template.Spec.ServiceAccountName} {
+		if !slices.Contains(args, want) {
+			t.Errorf("extproc args %q lack %s", args, want)
+		}
+	}
+
+	var pa securityv1beta1.PeerAuthentication
+	specOf(t, find(t, objs, "PeerAuthentication", "inflight-extproc"), &pa)
+	if pa.GetMtls().GetMode() != securityv1beta1.PeerAuthentication_MutualTLS_STRICT || !maps.Equal(pa.GetSelector().GetMatchLabels(), ext.Spec.Selector.MatchLabels) {
+		t.Errorf("PeerAuthentication %v: want STRICT on the extproc's pods", &pa)
+	}
+	var ap securityv1beta1.AuthorizationPolicy
+	specOf(t, find(t, objs, "AuthorizationPolicy", "inflight-extproc"), &ap)
+	if ap.GetAction() != securityv1beta1.AuthorizationPolicy_ALLOW || !maps.Equal(ap.GetSelector().GetMatchLabels(), ext.Spec.Selector.MatchLabels) || len(ap.GetRules()) != 1 {
+		t.Fatalf("AuthorizationPolicy %v: want one ALLOW rule on the extproc's pods", &ap)
+	}
+	r := ap.GetRules()[0]
+	if len(r.GetFrom()) != 1 || !slices.Equal(r.GetFrom()[0].GetSource().GetPrincipals(), []string{"*"}) ||
+		len(r.GetTo()) != 1 || !slices.Equal(r.GetTo()[0].GetOperation().GetPorts(), []string{fmt.Sprint(istio.DefaultExtprocPort)}) {
+		t.Errorf("AuthorizationPolicy rule %v: want principals [*] (mTLS identities only) to port %d", r, istio.DefaultExtprocPort)
+	}
+}
+
+// specOf decodes an Istio object's spec strictly into its protobuf type.
+func specOf(t *testing.T, o object, into proto.Message) {
+	t.Helper()
+	spec, ok := o.U.Object["spec"]
+	if !ok {
+		t.Fatalf("%s has no spec", o.ID())
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protojson.Unmarshal(js, into); err != nil {
+		t.Fatalf("%s: spec does not decode strictly into %T: %v", o.ID(), into, err)
 	}
 }

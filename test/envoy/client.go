@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -35,9 +36,15 @@ var ErrMessageTimeout = errors.New("ext_proc_error_per-message_timeout_exceeded"
 // holds ConnsPerReplica grpc.ClientConns per replica and picks one per side
 // stream. Do may be called from many goroutines at once.
 type Client struct {
-	cfg      Config
-	spec     *filterSpec
-	replicas [][]*conn
+	cfg  Config
+	spec *filterSpec
+	// endpoints are every server ever given, in order (StreamInfo.Replica
+	// indexes them); active are the indices of those new streams may use
+	// (the cluster's EDS set), replaced by SetEndpoints.
+	mu        sync.Mutex // guards endpoints' growth and closed
+	endpoints []*endpoint
+	active    atomic.Pointer[[]int]
+	closed    bool
 
 	rr      atomic.Uint64
 	connRR  atomic.Uint64
@@ -54,8 +61,18 @@ type conn struct {
 	tab    *wireTable
 }
 
-// NewClient connects (lazily, as gRPC does) to the replicas at addrs, each
-// a loopback host:port.
+// endpoint is one server (an EDS host) and the client's HTTP/2 connections
+// to it (one per Envoy worker). A connection that receives GOAWAY (the
+// server's graceful stop) takes no new streams; the next stream dials
+// again, and a refused dial fails that stream (Unavailable): fail-open,
+// as in Envoy's connection pool.
+type endpoint struct {
+	addr  string
+	conns []*conn
+}
+
+// NewClient connects (lazily, as gRPC does) to the servers at addrs, each a
+// loopback host:port: the extproc cluster's initial endpoints.
 func NewClient(cfg Config, addrs ...string) (*Client, error) {
 	spec, err := cfg.spec()
 	if err != nil {
@@ -68,45 +85,90 @@ func NewClient(cfg Config, addrs ...string) (*Client, error) {
 	c.rnd = rand.New(rand.NewPCG(uint64(cfg.Seed), 0x9e3779b97f4a7c15))
 	// Tags are unique across clients talking to the same server.
 	c.tags.Store(rand.Uint64N(1<<40) << 20)
-	for _, a := range addrs {
-		if err := checkLoopback(a); err != nil {
-			_ = c.closeConns()
-			return nil, err
-		}
-		var rep []*conn
-		for range c.cfg.ConnsPerReplica {
-			tab := newWireTable()
-			dial := func(ctx context.Context, addr string) (net.Conn, error) {
-				var d net.Dialer
-				nc, err := d.DialContext(ctx, "tcp", addr)
-				if err != nil {
-					return nil, err
-				}
-				if cfg.TLS != nil {
-					tc := tls.Client(nc, withH2(cfg.TLS))
-					if err := tc.HandshakeContext(ctx); err != nil {
-						nc.Close()
-						return nil, err
-					}
-					return tab.wrap(tc), nil
-				}
-				return tab.wrap(nc), nil
-			}
-			cc, err := grpc.NewClient("passthrough:///"+a,
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithContextDialer(dial),
-				grpc.WithDisableRetry(), // one stream per HTTP request, as Envoy
-			)
-			if err != nil {
-				c.replicas = append(c.replicas, rep)
-				_ = c.closeConns()
-				return nil, err
-			}
-			rep = append(rep, &conn{cc: cc, client: extprocv3.NewExternalProcessorClient(cc), tab: tab})
-		}
-		c.replicas = append(c.replicas, rep)
+	if err := c.SetEndpoints(addrs...); err != nil {
+		_ = c.closeConns()
+		return nil, err
 	}
 	return c, nil
+}
+
+// SetEndpoints is an EDS update as Envoy applies it: new streams go only to
+// addrs from now on (none: every new stream fails, fail-open); streams open
+// on an endpoint that left the set carry on over their connection. An
+// address seen before keeps its connections and its StreamInfo.Replica
+// index; a new one gets the next index.
+func (c *Client) SetEndpoints(addrs ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("envoy harness: client closed")
+	}
+	active := make([]int, 0, len(addrs))
+	for _, a := range addrs {
+		i := slices.IndexFunc(c.endpoints, func(e *endpoint) bool { return e.addr == a })
+		if i < 0 {
+			e, err := c.dialEndpoint(a)
+			if err != nil {
+				return err
+			}
+			c.endpoints = append(c.endpoints, e)
+			i = len(c.endpoints) - 1
+		}
+		active = append(active, i)
+	}
+	c.active.Store(&active)
+	return nil
+}
+
+// Endpoints returns every address given so far, indexed as
+// StreamInfo.Replica.
+func (c *Client) Endpoints() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, len(c.endpoints))
+	for i, e := range c.endpoints {
+		out[i] = e.addr
+	}
+	return out
+}
+
+func (c *Client) dialEndpoint(a string) (*endpoint, error) {
+	if err := checkLoopback(a); err != nil {
+		return nil, err
+	}
+	e := &endpoint{addr: a}
+	for range c.cfg.ConnsPerReplica {
+		tab := newWireTable()
+		dial := func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			if c.cfg.TLS != nil {
+				tc := tls.Client(nc, withH2(c.cfg.TLS))
+				if err := tc.HandshakeContext(ctx); err != nil {
+					nc.Close()
+					return nil, err
+				}
+				return tab.wrap(tc), nil
+			}
+			return tab.wrap(nc), nil
+		}
+		cc, err := grpc.NewClient("passthrough:///"+a,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(dial),
+			grpc.WithDisableRetry(), // one stream per HTTP request, as Envoy
+		)
+		if err != nil {
+			for _, cn := range e.conns {
+				_ = cn.cc.Close()
+			}
+			return nil, err
+		}
+		e.conns = append(e.conns, &conn{cc: cc, client: extprocv3.NewExternalProcessorClient(cc), tab: tab})
+	}
+	return e, nil
 }
 
 // withH2 offers "h2" by ALPN unless the configuration names protocols.
@@ -154,27 +216,42 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) closeConns() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
 	var errs []error
-	for _, rep := range c.replicas {
-		for _, cn := range rep {
+	for _, e := range c.endpoints {
+		for _, cn := range e.conns {
 			errs = append(errs, cn.cc.Close())
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (c *Client) pick() (int, *conn) {
-	var i int
+// errNoHealthyUpstream is a stream's error when the cluster has no endpoint.
+var errNoHealthyUpstream = status.Error(codes.Unavailable, "envoy harness: no healthy upstream in the extproc cluster")
+
+// pick chooses the endpoint and connection of a new stream among the active
+// endpoints (per-stream load balancing).
+func (c *Client) pick() (int, *conn, error) {
+	active := *c.active.Load()
+	if len(active) == 0 {
+		return 0, nil, errNoHealthyUpstream
+	}
+	var k int
 	switch c.cfg.Balancing {
 	case Random:
 		c.rndMu.Lock()
-		i = c.rnd.IntN(len(c.replicas))
+		k = c.rnd.IntN(len(active))
 		c.rndMu.Unlock()
 	default:
-		i = int((c.rr.Add(1) - 1) % uint64(len(c.replicas)))
+		k = int((c.rr.Add(1) - 1) % uint64(len(active)))
 	}
-	rep := c.replicas[i]
-	return i, rep[int((c.connRR.Add(1)-1)%uint64(len(rep)))]
+	i := active[k]
+	c.mu.Lock()
+	e := c.endpoints[i]
+	c.mu.Unlock()
+	return i, e.conns[int((c.connRR.Add(1)-1)%uint64(len(e.conns)))], nil
 }
 
 // Do runs one HTTP request through the filter and returns when the request
@@ -601,7 +678,11 @@ func endsRequest(kind Kind, msg *extprocv3.ProcessingRequest) bool {
 
 // open starts the side stream: lazily, on the first message.
 func (f *filter) open() error {
-	idx, cn := f.c.pick()
+	idx, cn, err := f.c.pick()
+	if err != nil {
+		f.res.Stream.Refused = true
+		return err
+	}
 	f.cn = cn
 	f.res.Stream.Replica = idx
 	f.tag = f.c.tags.Add(1)
@@ -614,8 +695,11 @@ func (f *filter) open() error {
 	}
 	st, err := cn.client.Process(ctx)
 	if err != nil {
+		// No connection to the endpoint (refused dial after a GOAWAY, a
+		// stopped server): the stream never existed.
 		cancel()
 		cn.tab.forget(f.tag)
+		f.res.Stream.Refused = true
 		return err
 	}
 	f.stream, f.cancel = st, cancel
@@ -799,6 +883,7 @@ func (f *filter) closeStream() {
 	}
 	si.EndAck = f.endAck
 	si.EndedByServer = si.EndWrite.IsZero() && !si.FirstWrite.IsZero() && f.recvErr == nil
+	si.Lost = si.FirstWrite.IsZero() && f.queued > 0
 	si.Uncertain = si.FirstReply.IsZero() && si.Reset && !si.FirstWrite.IsZero() &&
 		rstAt.Sub(si.FirstWrite) < f.cfg.UncertainWindow
 	tab.forget(f.tag)

@@ -210,14 +210,27 @@ type Result struct {
 // Wait blocks until the side stream is closed and Stream is final.
 func (r *Result) Wait() { <-r.done }
 
+// Uncounted reports a request the filter tried to send to the processor and
+// could not (Stream.Refused or Stream.Lost): Envoy went on fail-open and no
+// processor can have counted it. Final after Wait.
+func (r *Result) Uncounted() bool { return r.Stream.Refused || r.Stream.Lost }
+
 // Closed is closed when the side stream is closed and Stream is final.
 func (r *Result) Closed() <-chan struct{} { return r.done }
 
 // StreamInfo describes the request's side stream, for exactness checks. The
 // times are wall-clock readings with Go's monotonic component.
 type StreamInfo struct {
-	Opened  bool
-	Replica int // index of the replica the stream went to
+	Opened bool
+	// Refused: the stream could not be opened (no endpoint, or the
+	// endpoint refused the connection: a stopped server): the filter went
+	// on fail-open and the processor never saw the request.
+	Refused bool
+	// Lost: the stream opened but failed before any of its bytes was
+	// written (e.g. its connection got GOAWAY and the redial was refused):
+	// the processor never saw the request either.
+	Lost    bool
+	Replica int // index of the endpoint the stream went to (Client.Endpoints)
 	// Tag is the stream's id, sent as gRPC metadata StreamTagHeader.
 	Tag uint64
 	// Bytes is the gRPC payload (5-byte prefix + message) of every message

@@ -186,8 +186,7 @@ func TestScenarios(t *testing.T) {
 //     is gone: the harness wrote the end before Do returned (exact);
 //   - observe: the close is deferred by deferred_close_timeout after the
 //     HTTP stream is gone (the shipped 100 ms): the end is written at least
-//     that long after Do returned, and the server counted the request at
-//     least that long.
+//     that long after Do returned, so the server cannot end it earlier.
 func TestEndBias(t *testing.T) {
 	shapes := map[string]func() *envoy.Request{
 		"sse": func() *envoy.Request { return request(5) },
@@ -224,9 +223,6 @@ func TestEndBias(t *testing.T) {
 				case envoy.Observe:
 					if late := s.EndWrite.Sub(httpEnd); late < d {
 						t.Fatalf("observe: end written %v after the HTTP request, want ≥ deferred_close_timeout %v", late, d)
-					}
-					if tot.DurationSum < d.Seconds() {
-						t.Fatalf("observe: counted %.3fs, want ≥ %v", tot.DurationSum, d)
 					}
 				}
 			})
