@@ -2,7 +2,6 @@ package collect_test
 
 import (
 	"context"
-	"encoding/json"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -226,8 +225,7 @@ func TestSkipsUnattributedTargets(t *testing.T) {
 	defer st.Close()
 	r := collect.New(collect.Options{}).Tick(context.Background(), []collect.Endpoint{{Key: "s", URL: st.URL()}})
 	if len(r.Workloads) != 1 {
-		b, _ := json.Marshal(r.Workloads)
-		t.Fatalf("workloads = %s, want only ml/llama", b)
+		t.Fatalf("workloads = %v, want only ml/llama", r.Workloads)
 	}
 	near(t, "in-flight", r.Workloads[w].InFlight, 2)
 }
