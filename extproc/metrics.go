@@ -100,6 +100,9 @@ func NewMetrics(reg prometheus.Registerer, tr *Tracker) (*Metrics, error) {
 	return m, nil
 }
 
+// OpenStreams is the number of streams in Process now.
+func (m *Metrics) OpenStreams() int64 { return m.open.Load() }
+
 // Evicted counts target records evicted by Tracker.Sweep.
 func (m *Metrics) Evicted(n int) { m.evicted.Add(float64(n)) }
 

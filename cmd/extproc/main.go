@@ -80,15 +80,16 @@ func setMemoryLimit(opts Options, log *zap.Logger) {
 
 // app is one running extproc: its listeners, servers and tracker.
 type app struct {
-	opts    Options
-	log     *zap.Logger
-	tracker *extproc.Tracker
-	metrics *extproc.Metrics
-	grpc    *grpc.Server
-	health  *health.Server
-	admin   *extproc.Admin
-	http    *http.Server
-	ready   atomic.Bool
+	opts     Options
+	log      *zap.Logger
+	tracker  *extproc.Tracker
+	metrics  *extproc.Metrics
+	grpc     *grpc.Server
+	health   *health.Server
+	admin    *extproc.Admin
+	http     *http.Server
+	ready    atomic.Bool
+	draining atomic.Bool
 
 	grpcLis, adminLis net.Listener
 	certs             *extproc.CertReloader // mtls mode only
@@ -127,7 +128,7 @@ func newApp(ctx context.Context, opts Options, log *zap.Logger) (*app, error) {
 	extprocv3.RegisterExternalProcessorServer(a.grpc, extproc.NewServer(a.tracker, srvOpts))
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	a.admin = &extproc.Admin{Tracker: a.tracker, Replica: opts.ReplicaName, BootID: extproc.NewBootID(), Gatherer: reg, Ready: &a.ready}
+	a.admin = &extproc.Admin{Tracker: a.tracker, Replica: opts.ReplicaName, BootID: extproc.NewBootID(), Gatherer: reg, Ready: &a.ready, Draining: &a.draining}
 	a.http = &http.Server{
 		Handler: a.admin.Handler(),
 		// A slow or stuck reader is cut, so it cannot hold a snapshot or a
@@ -225,34 +226,57 @@ func (a *app) serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
-
-	// Drain: report not ready first so Envoy and Kubernetes stop sending
-	// new streams, let open streams finish up to the deadline, then cut the
-	// rest. Every cut stream still ends its request (Process's defer).
-	log.Info("draining", zap.Duration("deadline", opts.DrainTimeout))
-	a.ready.Store(false)
-	a.health.Shutdown()
-	done := make(chan struct{})
-	go func() { a.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(opts.DrainTimeout):
-		log.Warn("drain deadline passed; closing open streams")
-		a.grpc.Stop()
-		<-done
-	}
-	var leaked int64
-	for _, r := range a.tracker.Records() {
-		leaked += r.InFlight
-	}
+	a.drain(serveErr == nil)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = a.http.Shutdown(sctx)
-	log.Info("stopped", zap.Int64("in_flight_at_exit", leaked))
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr
 	}
 	return nil
+}
+
+// drain stops serving without losing a count (README, Security → Drain).
+// On SIGTERM /readyz fails at once and snapshots say draining, but new
+// streams are still accepted for --drain-delay, while the endpoint's
+// removal reaches every Envoy (EndpointSlice, istiod's push, Envoy's
+// update). Then GOAWAY: no new streams, and the open ones may finish for
+// --drain-timeout; those still open after it are cut, and each releases its
+// request once (Process's deferred end). The admin port keeps serving
+// snapshots until the end. delay is false when a server failed: then there
+// is nothing to wait for.
+func (a *app) drain(delay bool) {
+	opts, log := a.opts, a.log
+	a.ready.Store(false)
+	a.draining.Store(true)
+	a.health.Shutdown()
+	if delay && opts.DrainDelay > 0 {
+		log.Info("draining: not ready; new streams still accepted while the endpoint's removal propagates",
+			zap.Duration("delay", opts.DrainDelay), zap.Duration("then_timeout", opts.DrainTimeout))
+		time.Sleep(opts.DrainDelay)
+	}
+	log.Info("draining: GOAWAY; open streams may finish", zap.Int64("open_streams", a.metrics.OpenStreams()),
+		zap.Duration("timeout", opts.DrainTimeout))
+	done := make(chan struct{})
+	go func() { a.grpc.GracefulStop(); close(done) }()
+	t := time.NewTimer(opts.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("drain timeout passed; cutting the open streams (each releases its request)",
+			zap.Int64("open_streams", a.metrics.OpenStreams()))
+		a.grpc.Stop()
+		<-done
+	}
+	var inFlight int64
+	var started, completed uint64
+	for _, r := range a.tracker.Records() {
+		inFlight += r.InFlight
+		started += r.Started
+		completed += r.Completed
+	}
+	log.Info("stopped", zap.Int64("in_flight_at_exit", inFlight), zap.Uint64("started", started), zap.Uint64("completed", completed))
 }
 
 // sweep evicts idle targets every fifth of --target-idle-ttl until ctx ends.

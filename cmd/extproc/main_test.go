@@ -44,7 +44,8 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		{[]string{"--max-message-bytes=1024"}, []string{"--max-message-bytes=1024", "64 KiB"}},
 		{[]string{"--max-connection-idle=0s"}, []string{"--max-connection-idle=0s"}},
 		{[]string{"--max-connection-age=10s"}, []string{"--max-connection-age=10s", "0 (never) or 1m to 24h"}},
-		{[]string{"--drain-timeout=-1s"}, []string{"--drain-timeout=-1s", "0s to 10m"}},
+		{[]string{"--drain-timeout=-1s"}, []string{"--drain-timeout=-1s", "0s to 1h"}},
+		{[]string{"--drain-delay=3m"}, []string{"--drain-delay=3m0s", "0s to 2m"}},
 		{[]string{"--log-level=loud"}, []string{`--log-level="loud"`}},
 		{[]string{"--caller-identity=none"}, []string{`--caller-identity="none"`, "xfcc, mtls or trust-attributes"}},
 		{[]string{"--caller-identity=trust-attributes", "--grpc-listen=:9002"}, []string{`--grpc-listen=":9002"`, "loopback"}},
@@ -108,7 +109,8 @@ func startRun(t *testing.T, args ...string) *running {
 	r := &running{grpc: testutil.FreeAddr(t), admin: testutil.FreeAddr(t), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	args = append([]string{"--grpc-listen", r.grpc, "--admin-listen", r.admin, "--replica-name", "test-0", "--log-level", "error"}, args...)
+	args = append([]string{"--grpc-listen", r.grpc, "--admin-listen", r.admin, "--replica-name", "test-0", "--log-level", "error",
+		"--drain-delay", "0s", "--drain-timeout", "1s"}, args...)
 	go func() { r.done <- run(ctx, args) }()
 	t.Cleanup(func() {
 		cancel()

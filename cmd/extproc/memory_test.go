@@ -46,14 +46,10 @@ var (
 //
 //	go test ./cmd/extproc -run TestHeldStreamsMemory -v -held-streams 20000 -held-targets 4000 -held-cap 10000
 func TestHeldStreamsMemory(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "extproc")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	grpcAddr, admin := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cmd := exec.Command(bin, "--grpc-listen", grpcAddr, "--admin-listen", admin, "--replica-name", "mem",
-		"--caller-identity", "trust-attributes", "--log-level", "error", "--drain-timeout", "1s",
+		"--caller-identity", "trust-attributes", "--log-level", "error", "--drain-delay", "0s", "--drain-timeout", "1s",
 		"--max-targets", strconv.Itoa(max(*heldTargets, extproc.DefaultMaxTargets)),
 		"--max-targets-per-namespace", strconv.Itoa(max(*heldTargets, 1)),
 		"--max-open-streams", strconv.Itoa(*heldCap))
@@ -271,4 +267,35 @@ func procStatus(t *testing.T, pid int, field string) float64 {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+	out  []byte
+}
+
+// TestMain removes the binary buildBinary built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// buildBinary builds this package's binary once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "extproc-test-"); built.err != nil {
+			return
+		}
+		built.out, built.err = exec.Command("go", "build", "-o", filepath.Join(built.dir, "extproc"), ".").CombinedOutput()
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v\n%s", built.err, built.out)
+	}
+	return filepath.Join(built.dir, "extproc")
 }

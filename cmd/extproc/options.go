@@ -39,9 +39,12 @@ const (
 
 // Options are every setting of the extproc binary.
 type Options struct {
-	GRPCListen   string
-	AdminListen  string
-	ReplicaName  string
+	GRPCListen  string
+	AdminListen string
+	ReplicaName string
+	// DrainDelay is how long new streams are still accepted after SIGTERM;
+	// DrainTimeout how long open streams may then finish.
+	DrainDelay   time.Duration
 	DrainTimeout time.Duration
 
 	// Bounds on the tracker.
@@ -112,7 +115,10 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GRPCListen, "grpc-listen", o.GRPCListen, "address of the ext_proc gRPC server (and the gRPC health service)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address of the admin HTTP server: /v1/snapshot, /metrics, /healthz, /readyz (keep it inside the cluster)")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "name of this replica in snapshots (default: $POD_NAME, else the host name)")
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may finish before they are cut")
+	fs.DurationVar(&o.DrainDelay, "drain-delay", o.DrainDelay,
+		"on SIGTERM, /readyz fails at once but new streams are still accepted for this long, while the endpoint's removal reaches every Envoy (istiod push + Envoy update)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout,
+		"after --drain-delay, GOAWAY: open streams may finish for this long (long LLM generations), then the rest are cut (each releases its request); terminationGracePeriodSeconds must exceed --drain-delay + --drain-timeout")
 	fs.IntVar(&o.MaxTargets, "max-targets", o.MaxTargets, "bound on target records; requests for further targets count under reason=\"overflow\"")
 	fs.IntVar(&o.MaxTargetsPerNamespace, "max-targets-per-namespace", o.MaxTargetsPerNamespace,
 		"bound on one namespace's target records, so one tenant cannot push others into overflow; beyond it that namespace's new targets count under reason=\"namespace_overflow\" (0: a quarter of --max-targets)")
@@ -191,8 +197,11 @@ func (o *Options) Validate() error {
 	if o.MaxConnectionAge != 0 && (o.MaxConnectionAge < time.Minute || o.MaxConnectionAge > 24*time.Hour) {
 		errs = append(errs, fmt.Errorf("--max-connection-age=%s: want 0 (never) or 1m to 24h", o.MaxConnectionAge))
 	}
-	if o.DrainTimeout < 0 || o.DrainTimeout > 10*time.Minute {
-		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 10m", o.DrainTimeout))
+	if o.DrainDelay < 0 || o.DrainDelay > 2*time.Minute {
+		errs = append(errs, fmt.Errorf("--drain-delay=%s: want 0s to 2m", o.DrainDelay))
+	}
+	if o.DrainTimeout < 0 || o.DrainTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 1h", o.DrainTimeout))
 	}
 	if limit, err := parseMemory(o.MemoryLimit); err != nil {
 		errs = append(errs, fmt.Errorf("--memory-limit=%q: want a Kubernetes memory quantity such as 256Mi: %v", o.MemoryLimit, err))

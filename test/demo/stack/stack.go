@@ -183,7 +183,7 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 	}
 	name := fmt.Sprintf("inflight-extproc-%d", i)
 	p, err := StartProc(name, s.opt.Dir, s.opt.Bins.Extproc, "--grpc-listen", grpcAddr, "--admin-listen", admin,
-		"--replica-name", name, "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes")
+		"--replica-name", name, "--drain-delay", "0s", "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes")
 	if err != nil {
 		return nil, err
 	}
