@@ -335,6 +335,20 @@ func run(t *testing.T, s spec) outcome {
 			o.errorf("replica %d bucket %q: started %d, harness opened %d streams there (%d uncertain, %d never delivered by grpc-go)", c.replica, c.bucket, st, op, un, ud)
 		}
 	}
+	// Every stream a replica was sent either started a request or is in its
+	// count of streams without request_headers: no miss is silent.
+	for i, rep := range reps {
+		var op, st uint64
+		for c, n := range opened {
+			if c.replica == i {
+				op += n
+				st += started[c]
+			}
+		}
+		if without := uint64(rep.CounterSum(t, "inflight_extproc_streams_without_request_headers_total")); op-st != without {
+			o.errorf("replica %d: %d streams opened to it did not start a request, but it counted %d streams without request_headers", i, op-st, without)
+		}
+	}
 	o.logf("opened %d streams, server started %d: %d missed; %d uncertain (%.2f%%), %d more whose messages grpc-go never delivered (a server stall longer than the request)",
 		totalOpened, totalStarted, int64(totalOpened)-int64(totalStarted), totalUncertain, 100*float64(totalUncertain)/float64(max(totalOpened, 1)), totalUndelivered)
 	if (totalUncertain+totalUndelivered)*20 > totalOpened {

@@ -186,7 +186,7 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 	}
 	name := fmt.Sprintf("inflight-extproc-%d", i)
 	args := append([]string{"--grpc-listen", grpcAddr, "--admin-listen", admin,
-		"--replica-name", name, "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes"}, s.opt.ExtprocArgs...)
+		"--replica-name", name, "--drain-delay", "0s", "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes"}, s.opt.ExtprocArgs...)
 	p, err := StartProc(name, s.opt.Dir, s.opt.Bins.Extproc, args...)
 	if err != nil {
 		return nil, err

@@ -192,23 +192,37 @@ func Violations(reps []*Replica) string {
 // cause (e.g. "stream_eof", "stream_canceled", "response_body_eos").
 func (r *Replica) EndCount(t testing.TB, cause string) float64 {
 	t.Helper()
+	return r.CounterSum(t, "inflight_extproc_request_ends_total", "cause", cause)
+}
+
+// CounterSum returns the sum of the replica's counter name over the series
+// whose labels include every label=value pair given (none: all series).
+func (r *Replica) CounterSum(t testing.TB, name string, labelValues ...string) float64 {
+	t.Helper()
 	mfs, err := r.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() != "inflight_extproc_request_ends_total" {
+		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cause" && l.GetValue() == cause {
-					return m.GetCounter().GetValue()
+			for i := 0; i+1 < len(labelValues); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || (l.GetName() == labelValues[i] && l.GetValue() == labelValues[i+1])
+				}
+				if !found {
+					continue series
 				}
 			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 // WaitInFlight polls (bounded by timeout) until the replicas together count
