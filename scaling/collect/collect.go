@@ -14,9 +14,10 @@
 //   - Impossible numbers reject the whole snapshot (FetchError kind
 //     "invalid", the tick is partial): a negative or non-finite counter;
 //     completed > started or in_flight > started − completed; a counter that
-//     went down without a new boot id (busy-seconds, completed or the
-//     duration sum while started did not: a target whose started went down
-//     was evicted and re-created and starts from zero); busy-seconds growth
+//     went down without a new boot id (a target whose
+//     created_uptime_seconds changed, or whose started went down, was
+//     evicted and re-created and starts from zero); a creation time beyond
+//     the uptime; busy-seconds growth
 //     beyond what the in-flight requests could accrue (Bound); a duration
 //     sum growth beyond completed × uptime; uptime_seconds that does not
 //     advance with this collector's clock (within the two fetches' round
@@ -25,7 +26,9 @@
 //   - A catch-all record that may hide demand makes the tick partial for
 //     what it may hide: "overflow" (the extproc's global bound on targets)
 //     for every workload, "namespace_overflow" for its namespace, whenever
-//     it has requests in flight or started any in the interval.
+//     it has requests in flight or started any in the interval; so does a
+//     growing untracked_total (requests the extproc answered without
+//     tracking them) for the workload, namespace or everything it names.
 //
 // A replica that does not answer, answers with a rejected snapshot, or
 // vanishes from the endpoint list makes the tick partial; its last accepted
@@ -121,9 +124,12 @@ type Result struct {
 	// vanished within Expire, the global overflow target is active, or
 	// there was no endpoint at all.
 	Partial bool
-	// PartialNamespaces are namespaces whose counts are a lower bound
-	// (an active namespace_overflow target). See PartialFor.
+	// PartialNamespaces are namespaces whose counts are a lower bound (an
+	// active namespace_overflow target, or requests the extproc could not
+	// track for a target it gave to nobody); PartialWorkloads likewise for
+	// one workload (requests it could not track). See PartialFor.
 	PartialNamespaces map[string]bool
+	PartialWorkloads  map[Workload]bool
 	// Endpoints, Answered, Resets: how many were asked, answered with an
 	// accepted snapshot, and came back with a new boot id.
 	Endpoints, Answered, Resets int
@@ -142,9 +148,11 @@ type Result struct {
 	Errors []FetchError
 }
 
-// PartialFor reports whether the counts of workloads in namespace ns are a
-// lower bound this tick.
-func (r *Result) PartialFor(ns string) bool { return r.Partial || r.PartialNamespaces[ns] }
+// PartialFor reports whether the counts of workload w are a lower bound
+// this tick.
+func (r *Result) PartialFor(w Workload) bool {
+	return r.Partial || r.PartialNamespaces[w.Namespace] || r.PartialWorkloads[w]
+}
 
 // FetchError is one failed or rejected snapshot.
 type FetchError struct {
@@ -451,24 +459,32 @@ func (c *Collector) check(f *fetched, prev *baseline) ([]delta, float64, error) 
 			return nil, 0, fmt.Errorf("target %v: in_flight %d, started %d, completed %d: want completed ≤ started and in_flight ≤ started − completed",
 				key(n), n.InFlight, n.Started, n.Completed)
 		}
+		created := n.CreatedUptimeSeconds
+		if !finite(created) || created < 0 || created > s.UptimeSeconds+1e-6 {
+			return nil, 0, fmt.Errorf("target %v: created_uptime_seconds %v: want 0 to uptime_seconds %v", key(n), created, s.UptimeSeconds)
+		}
 		// The previous counters of this record: none on a first snapshot
-		// (everything since boot, over the whole uptime), zero for a
-		// target that is new or was evicted and re-created (started went
-		// down; everything since the previous snapshot).
-		span := s.UptimeSeconds + fetch
+		// (everything since its creation), zero for a target that is new or
+		// was evicted and re-created (another created_uptime_seconds, or,
+		// from an extproc that does not say, started went down): everything
+		// since its creation, which is after the previous snapshot.
+		span := s.UptimeSeconds - created + fetch
 		if prev != nil {
-			span = dt + fetch
+			span = min(dt, s.UptimeSeconds-created) + fetch
 			for j < len(prev.targets) && compare(&prev.targets[j], n) < 0 {
 				j++
 			}
-			if j < len(prev.targets) && compare(&prev.targets[j], n) == 0 && n.Started >= prev.targets[j].Started {
-				d.prev = j
+			if j < len(prev.targets) && compare(&prev.targets[j], n) == 0 {
+				q := &prev.targets[j]
+				if math.Abs(q.CreatedUptimeSeconds-created) <= 1e-9 && n.Started >= q.Started {
+					d.prev, span = j, dt+fetch
+				}
 			}
 		}
 		p := d.previous(prev)
-		if n.Completed < p.Completed || n.BusySeconds < p.BusySeconds-1e-6 || n.DurationSecondsSum < p.DurationSecondsSum-1e-6 {
-			return nil, 0, fmt.Errorf("target %v: a counter went down without a new boot id (completed %d→%d, busy_seconds_total %v→%v, duration_seconds_sum %v→%v)",
-				key(n), p.Completed, n.Completed, p.BusySeconds, n.BusySeconds, p.DurationSecondsSum, n.DurationSecondsSum)
+		if n.Completed < p.Completed || n.Untracked < p.Untracked || n.BusySeconds < p.BusySeconds-1e-6 || n.DurationSecondsSum < p.DurationSecondsSum-1e-6 {
+			return nil, 0, fmt.Errorf("target %v: a counter went down without a new boot id (completed %d→%d, untracked_total %d→%d, busy_seconds_total %v→%v, duration_seconds_sum %v→%v)",
+				key(n), p.Completed, n.Completed, p.Untracked, n.Untracked, p.BusySeconds, n.BusySeconds, p.DurationSecondsSum, n.DurationSecondsSum)
 		}
 		if b := Bound(p.InFlight, n.Started-p.Started, span, 0); n.BusySeconds-p.BusySeconds > b {
 			return nil, 0, fmt.Errorf("target %v: busy_seconds_total grew %v in %.3fs; at most %v with %d in flight before and %d started",
@@ -487,7 +503,8 @@ func (c *Collector) check(f *fetched, prev *baseline) ([]delta, float64, error) 
 // per workload.
 func (c *Collector) merge(out []fetched, attr Attribution) Result {
 	now := c.opt.Clock.Now()
-	res := Result{Time: now, Workloads: map[Workload]Sample{}, PartialNamespaces: map[string]bool{}, Endpoints: len(out)}
+	res := Result{Time: now, Workloads: map[Workload]Sample{}, PartialNamespaces: map[string]bool{},
+		PartialWorkloads: map[Workload]bool{}, Endpoints: len(out)}
 	if len(out) == 0 {
 		res.Partial = true
 	}
@@ -546,6 +563,20 @@ func (c *Collector) merge(out []fetched, attr Attribution) Result {
 		nr := &replica{base: base, seen: now, accepted: f.snap.Targets, conc: make([]float64, len(ds))}
 		for k, d := range ds {
 			n, p := d.r, d.previous(prev)
+			if n.Untracked > p.Untracked {
+				// Requests the extproc answered without tracking (its
+				// open-stream cap): their time in flight is unknown, so
+				// the counts of whoever they were for are a lower bound.
+				w, yes := attr(key(n))
+				switch {
+				case n.Reason == "" && yes:
+					res.PartialWorkloads[w] = true
+				case n.Namespace != "":
+					res.PartialNamespaces[n.Namespace] = true
+				default:
+					res.Partial = true
+				}
+			}
 			if n.Reason != "" {
 				// A catch-all record: nobody's demand, but the overflow
 				// ones may hide some while active.

@@ -257,20 +257,21 @@ func TestOverflowMakesPartialForWhatItMayHide(t *testing.T) {
 	clk.Step(time.Second)
 	overflow = []extproc.TargetRecord{{Namespace: "ml", Reason: "namespace_overflow", InFlight: 3, Started: 3}}
 	r := c.Tick(ctx, eps(a), nil)
-	if r.Partial || !r.PartialFor("ml") || r.PartialFor("other") {
-		t.Errorf("namespace overflow in ml: partial %v, ml %v, other %v; want ml only", r.Partial, r.PartialFor("ml"), r.PartialFor("other"))
+	other := collect.Workload{Namespace: "other", Name: "x"}
+	if r.Partial || !r.PartialFor(w) || r.PartialFor(other) {
+		t.Errorf("namespace overflow in ml: partial %v, ml %v, other %v; want ml only", r.Partial, r.PartialFor(w), r.PartialFor(other))
 	}
 
 	clk.Step(time.Second)
 	overflow = []extproc.TargetRecord{{Namespace: "ml", Reason: "namespace_overflow", Started: 3, Completed: 3, BusySeconds: 1}}
-	if r := c.Tick(ctx, eps(a), nil); r.PartialFor("ml") {
+	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
 		t.Error("an idle namespace overflow (nothing in flight, nothing started) must not make the tick partial")
 	}
 
 	clk.Step(time.Second)
 	overflow = append(overflow, extproc.TargetRecord{Reason: "overflow", InFlight: 1, Started: 1})
 	r = c.Tick(ctx, eps(a), nil)
-	if !r.Partial || !r.Overflow || !r.PartialFor("other") {
+	if !r.Partial || !r.Overflow || !r.PartialFor(other) {
 		t.Errorf("global overflow: partial %v overflow %v; want every workload partial", r.Partial, r.Overflow)
 	}
 }
@@ -424,4 +425,76 @@ func TestEvictedAndRecreatedTargetIsNew(t *testing.T) {
 	}
 	near(t, "arrivals of the re-created target", r.Workloads[w].Arrivals, 2)
 	near(t, "concurrency of the re-created target", r.Workloads[w].Concurrency, 1)
+}
+
+// A record with another created_uptime_seconds is a new record (the
+// extproc evicted the idle one and made it again), even when its started
+// is not lower; a creation after the uptime is impossible.
+func TestCreationTimeMarksARecreatedTarget(t *testing.T) {
+	clk := newClock()
+	c := collect.New(collect.Options{Clock: clk})
+	ctx := context.Background()
+	t0 := clk.Now()
+	rec := extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", Started: 2, Completed: 2, BusySeconds: 30, DurationSecondsSum: 30, CreatedUptimeSeconds: 100}
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		now := clk.Now()
+		_ = json.NewEncoder(rw).Encode(extproc.Snapshot{Version: extproc.SnapshotVersion, Replica: "a", BootID: "b",
+			Time: now, UptimeSeconds: 1000 + now.Sub(t0).Seconds(), Targets: []extproc.TargetRecord{rec}})
+	}))
+	defer srv.Close()
+	ep := []collect.Endpoint{{Key: "a", URL: srv.URL}}
+	c.Tick(ctx, ep, nil)
+	clk.Step(time.Second)
+	// Re-created 0.5 s ago with 5 started, 1 in flight since then: as a
+	// delta from the old record its busy-seconds would have gone down.
+	rec = extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", InFlight: 1, Started: 5, Completed: 4,
+		BusySeconds: 0.5, DurationSecondsSum: 1, CreatedUptimeSeconds: 1000.5}
+	r := c.Tick(ctx, ep, nil)
+	if r.Partial {
+		t.Fatalf("re-created target rejected: %v", r.Errors)
+	}
+	near(t, "arrivals of the re-created target", r.Workloads[w].Arrivals, 5)
+	near(t, "concurrency of the re-created target", r.Workloads[w].Concurrency, 0.5)
+
+	clk.Step(time.Second)
+	rec.CreatedUptimeSeconds = 5000
+	if r := c.Tick(ctx, ep, nil); len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error(), "created_uptime_seconds") {
+		t.Errorf("a creation after the uptime: errors %v, want one naming created_uptime_seconds", r.Errors)
+	}
+}
+
+// Requests the extproc answered without tracking them (its open-stream
+// cap) make their workload's counts a lower bound.
+func TestUntrackedRequestsMakeTheirWorkloadPartial(t *testing.T) {
+	clk := newClock()
+	a := collecttest.NewReplica("a", clk)
+	defer a.Close()
+	c := collect.New(collect.Options{Clock: clk})
+	ctx := context.Background()
+	a.Start("ml", "llama", "p", 1)
+	a.Start("other", "x", "q", 1)
+	c.Tick(ctx, eps(a), nil)
+	untracked := uint64(0)
+	a.Mutate(func(s *extproc.Snapshot) {
+		for i := range s.Targets {
+			if s.Targets[i].Workload == "llama" {
+				s.Targets[i].Untracked = untracked
+			}
+		}
+	})
+	clk.Step(time.Second)
+	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
+		t.Fatal("partial with nothing untracked")
+	}
+	untracked = 7
+	clk.Step(time.Second)
+	r := c.Tick(ctx, eps(a), nil)
+	if !r.PartialFor(w) || r.PartialFor(collect.Workload{Namespace: "other", Name: "x"}) || r.Partial {
+		t.Errorf("7 untracked for ml/llama: partial for it %v, for other/x %v, for all %v; want it only",
+			r.PartialFor(w), r.PartialFor(collect.Workload{Namespace: "other", Name: "x"}), r.Partial)
+	}
+	clk.Step(time.Second)
+	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
+		t.Error("still partial once no more requests go untracked")
+	}
 }

@@ -146,7 +146,7 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods 
 	s := res.Workloads[w]
 	obs := scaling.Observation{Time: now, Concurrency: s.Concurrency, InFlight: s.InFlight,
 		Arrivals: s.Arrivals, Completions: s.Completions, MeanDuration: s.MeanDuration,
-		Ready: ready, Starting: starting, Requested: requested, Partial: res.PartialFor(w.Namespace),
+		Ready: ready, Starting: starting, Requested: requested, Partial: res.PartialFor(w),
 		ColdStart: st.coldStart()}
 	st.as.Observe(obs)
 	d := st.as.Decide(now)

@@ -49,6 +49,7 @@ type target struct {
 	started, completed uint64
 	busy, durSum       float64
 	since              time.Time // of the last in-flight change
+	created            time.Time
 }
 
 // NewReplica starts a replica on 127.0.0.1. clk is its clock (nil: the
@@ -112,7 +113,8 @@ func (r *Replica) get(ns, wl, pod string) *target {
 	k := key{ns, wl, pod}
 	t := r.targets[k]
 	if t == nil {
-		t = &target{since: r.now()}
+		now := r.now()
+		t = &target{since: now, created: now}
 		r.targets[k] = t
 	}
 	return t
@@ -182,6 +184,7 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 			Namespace: k.ns, Workload: k.wl, Service: k.wl, Pod: k.pod,
 			InFlight: t.inFlight, Started: t.started, Completed: t.completed,
 			BusySeconds: t.busy, DurationSecondsSum: t.durSum,
+			CreatedUptimeSeconds: max(t.created.Sub(r.booted).Seconds(), 0),
 		})
 	}
 	sort.Slice(s.Targets, func(i, j int) bool {
