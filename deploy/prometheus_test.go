@@ -121,7 +121,7 @@ type extprocReplica struct{ name, grpc, admin string }
 func startExtproc(t *testing.T, bin, name string) extprocReplica {
 	r := extprocReplica{name: name, grpc: testutil.FreeAddr(t), admin: testutil.FreeAddr(t)}
 	startProcess(t, name, bin, "--grpc-listen="+r.grpc, "--admin-listen="+r.admin,
-		"--replica-name="+name, "--drain-timeout=1s", "--log-format=console", "--caller-identity=trust-attributes")
+		"--replica-name="+name, "--drain-delay=0s", "--drain-timeout=1s", "--log-format=console", "--caller-identity=trust-attributes")
 	waitHTTP(t, "http://"+r.admin+"/readyz", 30*time.Second)
 	return r
 }

@@ -23,6 +23,8 @@ type Admin struct {
 	Ready *atomic.Bool
 	// Wall is the wall clock for Snapshot.Time; nil means time.Now.
 	Wall func() time.Time
+	// Draining is reported in snapshots; the binary sets it on SIGTERM.
+	Draining *atomic.Bool
 }
 
 // NewBootID returns a random identifier for one process start.
@@ -44,6 +46,7 @@ func (a *Admin) Snapshot() Snapshot {
 		BootID:        a.BootID,
 		Time:          wall().UTC(),
 		UptimeSeconds: a.Tracker.Uptime().Seconds(),
+		Draining:      a.Draining != nil && a.Draining.Load(),
 		Targets:       []TargetRecord{},
 	}
 	for _, r := range a.Tracker.Records() {
@@ -52,15 +55,33 @@ func (a *Admin) Snapshot() Snapshot {
 	return s
 }
 
+// At most this many /v1/snapshot and /metrics responses are built at once;
+// more get 503 with Retry-After at once. Each holds every target's data
+// until written (README, Security → Limits), so this bounds the admin
+// port's memory whatever the number of readers.
+const (
+	maxSnapshotsInFlight = 4
+	maxScrapesInFlight   = 2
+)
+
 // Handler returns the admin HTTP handler.
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
+	snapshots := make(chan struct{}, maxSnapshotsInFlight)
 	mux.HandleFunc("GET /v1/snapshot", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case snapshots <- struct{}{}:
+			defer func() { <-snapshots }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many snapshot reads at once", http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(a.Snapshot())
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{MaxRequestsInFlight: maxScrapesInFlight}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

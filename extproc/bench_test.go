@@ -1,10 +1,14 @@
 package extproc
 
 import (
+	"context"
 	"io"
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/inflight-dev/inflight/mesh"
 )
 
 // BenchmarkProcess measures the handler's own cost for one SSE request in
@@ -22,5 +26,27 @@ func BenchmarkProcess(b *testing.B) {
 	for b.Loop() {
 		st.msgs, st.sent = msgs, st.sent[:0]
 		_ = srv.Process(st)
+	}
+}
+
+// BenchmarkProcessXFCC is BenchmarkProcess in the production mode: the
+// caller's identity read from x-forwarded-client-cert and authorized for
+// each request.
+func BenchmarkProcessXFCC(b *testing.B) {
+	msgs := []*extprocv3.ProcessingRequest{reqHeaders(false), respHeaders(false, false),
+		respBody(false, false), respBody(false, false), respBody(false, false), respBody(true, false)}
+	tr := NewTracker(TrackerOptions{})
+	srv := NewServer(tr, ServerOptions{Authenticator: XFCCAuthenticator{By: extprocID},
+		Policy: mesh.NewCallerPolicy("cluster.local", nil), MaxOpenStreams: 10000})
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(mesh.XFCCHeader,
+		xfcc(extprocID, "spiffe://cluster.local/ns/models/sa/vllm")))
+	st := &scriptStream{ctx: ctx, final: io.EOF, sent: make([]*extprocv3.ProcessingResponse, 0, len(msgs))}
+	b.ReportAllocs()
+	for b.Loop() {
+		st.msgs, st.sent = msgs, st.sent[:0]
+		_ = srv.Process(st)
+	}
+	if r := recordOf(b, tr, vllm, mesh.ReasonNone); r.Started == 0 {
+		b.Fatal("nothing counted for the authorized caller")
 	}
 }

@@ -1,7 +1,6 @@
 package extproc
 
 import (
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -33,21 +32,6 @@ func (a attributes) Lookup(k string) (string, bool) {
 	return s.StringValue, true
 }
 
-// HeaderValue returns a header's value from Envoy's HeaderMap: raw_value as
-// current Envoys send it, else the legacy value field. Keys are lower-case.
-func HeaderValue(h *corev3.HeaderMap, key string) (string, bool) {
-	for _, hv := range h.GetHeaders() {
-		if hv.GetKey() != key {
-			continue
-		}
-		if raw := hv.GetRawValue(); len(raw) > 0 {
-			return string(raw), true
-		}
-		return hv.GetValue(), true
-	}
-	return "", false
-}
-
 // The replies. Each is allocated once and reused for every stream: gRPC
 // marshals a message without changing it, and these are never mutated. An
 // empty HeadersResponse, BodyResponse or TrailersResponse means CONTINUE.
@@ -70,28 +54,37 @@ const (
 	evEnd                   // the response is complete
 )
 
-// classify returns what msg means, how the request ends if it does, and the
-// CONTINUE reply of the matching type.
-func classify(msg *extprocv3.ProcessingRequest) (event, endCause, *extprocv3.ProcessingResponse) {
+// message is what one ProcessingRequest means: for request accounting, how
+// the request ends if it does, whether it travels in the response direction,
+// and the CONTINUE reply of the matching type.
+type message struct {
+	ev       event
+	cause    endCause
+	response bool
+	reply    *extprocv3.ProcessingResponse
+}
+
+// classify reads msg's kind.
+func classify(msg *extprocv3.ProcessingRequest) message {
 	switch r := msg.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return evStart, 0, replyRequestHeaders
+		return message{ev: evStart, reply: replyRequestHeaders}
 	case *extprocv3.ProcessingRequest_RequestBody:
-		return evContinue, 0, replyRequestBody
+		return message{ev: evContinue, reply: replyRequestBody}
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return evContinue, 0, replyRequestTrailers
+		return message{ev: evContinue, reply: replyRequestTrailers}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		if r.ResponseHeaders.GetEndOfStream() {
-			return evEnd, endHeadersEOS, replyResponseHeaders
+			return message{ev: evEnd, cause: endHeadersEOS, response: true, reply: replyResponseHeaders}
 		}
-		return evContinue, 0, replyResponseHeaders
+		return message{ev: evContinue, response: true, reply: replyResponseHeaders}
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		if r.ResponseBody.GetEndOfStream() {
-			return evEnd, endBodyEOS, replyResponseBody
+			return message{ev: evEnd, cause: endBodyEOS, response: true, reply: replyResponseBody}
 		}
-		return evContinue, 0, replyResponseBody
+		return message{ev: evContinue, response: true, reply: replyResponseBody}
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return evEnd, endTrailers, replyResponseTrailers
+		return message{ev: evEnd, cause: endTrailers, response: true, reply: replyResponseTrailers}
 	}
-	return evInvalid, 0, nil
+	return message{ev: evInvalid}
 }

@@ -86,6 +86,13 @@ func FuzzProcess(f *testing.F) {
 		if ends != float64(started) {
 			t.Fatalf("%v ends counted for %d starts", ends, started)
 		}
+		var noStart float64
+		for _, c := range m.noStart {
+			noStart += testutil.ToFloat64(c)
+		}
+		if noStart+float64(started) != 1 {
+			t.Fatalf("a stream must count one start or one stream without request_headers: %d starts, %v without", started, noStart)
+		}
 		consumed := msgs[:len(msgs)-len(st.msgs)]
 		var expect []*extprocv3.ProcessingRequest
 		for _, msg := range consumed {

@@ -23,8 +23,9 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // goldenTracker is a tracker in a known state on a fake clock: one target
-// with a finished request (2 s) and one running (1.5 s so far), an unknown
-// request, all read 3 s after the tracker started.
+// with a finished request (2 s), one running (1.5 s so far) and one that
+// arrived over the open-stream cap (untracked), an unknown request, all read
+// 3 s after the tracker started.
 func goldenTracker(t *testing.T) (*Tracker, *fakeClock) {
 	c := newFakeClock()
 	tr := NewTracker(TrackerOptions{Now: c.Now})
@@ -35,6 +36,7 @@ func goldenTracker(t *testing.T) (*Tracker, *fakeClock) {
 	c.Advance(500 * time.Millisecond)
 	tr.End(&a)
 	tr.End(&u)
+	tr.Untracked(vllm, mesh.ReasonNone)
 	c.Advance(time.Second)
 	_ = b
 	return tr, c

@@ -76,17 +76,26 @@ func callAs(t testing.TB, addr string, cfg envoy.Config, attrs map[string]any, n
 }
 
 // counts sums started requests per (namespace, workload, service, reason)
-// once every request has ended.
+// once every request has ended: the client saw its streams close, the
+// server's handlers return a moment later (bounded wait).
 func counts(t testing.TB, tr *Tracker) map[string]uint64 {
 	t.Helper()
-	out := map[string]uint64{}
-	for _, r := range tr.Records() {
-		if r.InFlight != 0 || r.Started != r.Completed {
-			t.Fatalf("not drained: %+v", r.TargetRecord)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, drained := map[string]uint64{}, true
+		for _, r := range tr.Records() {
+			if r.InFlight != 0 || r.Started != r.Completed {
+				drained = false
+				if time.Now().After(deadline) {
+					t.Fatalf("not drained: %+v", r.TargetRecord)
+				}
+			}
+			out[r.Namespace+"/"+r.Workload+"/"+r.Service+"/"+r.Reason] += r.Started
 		}
-		out[r.Namespace+"/"+r.Workload+"/"+r.Service+"/"+r.Reason] += r.Started
+		if drained {
+			return out
+		}
+		time.Sleep(time.Millisecond)
 	}
-	return out
 }
 
 func equalCounts(t testing.TB, got, want map[string]uint64) {

@@ -39,9 +39,16 @@ type Server struct {
 	log     *zap.Logger
 	auth    Authenticator
 	policy  *mesh.CallerPolicy
+	maxOpen int64
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// OverLimitReaders bounds the streams over the open-stream cap that are
+// waiting for their first message (to count it as untracked); beyond it
+// further streams are closed without reading. It keeps a client that opens
+// streams and sends nothing from holding unbounded memory.
+const OverLimitReaders = 1024
 
 // ServerOptions configures a Server. The zero value trusts the request
 // attributes: a development setting (the binary allows it only on
@@ -56,72 +63,140 @@ type ServerOptions struct {
 	// is believed.
 	Authenticator Authenticator
 	Policy        *mesh.CallerPolicy
+	// MaxOpenStreams caps the streams tracked at once (0: no cap). A stream
+	// opened beyond it is answered at once and closed with OK, so Envoy
+	// goes on without the extproc; its request, when its request_headers
+	// can be read, is counted in its target's untracked_total.
+	MaxOpenStreams int
 }
 
 // NewServer returns a Server that counts into tracker.
 func NewServer(tracker *Tracker, o ServerOptions) *Server {
-	s := &Server{tracker: tracker, metrics: o.Metrics, log: o.Log, auth: o.Authenticator, policy: o.Policy}
+	s := &Server{tracker: tracker, metrics: o.Metrics, log: o.Log, auth: o.Authenticator, policy: o.Policy,
+		maxOpen: int64(o.MaxOpenStreams)}
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
 	if s.metrics == nil {
 		s.metrics = newMetrics()
 	}
+	s.metrics.maxOpen.Store(s.maxOpen)
 	if (s.auth == nil) != (s.policy == nil) {
 		panic("extproc.NewServer: Authenticator and Policy must be set together")
 	}
 	return s
 }
 
+// stream is one Process call's request state, on its goroutine only.
+type stream struct {
+	req      Request
+	started  bool // request_headers seen (the request was counted)
+	response bool // a response-direction message seen
+}
+
 // Process handles one ext_proc stream, i.e. one HTTP request.
-func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
-	s.metrics.streamsActive.Inc()
-	defer s.metrics.streamsActive.Dec()
-
-	var req Request
-	end := func(c endCause) {
-		if req.Started() {
-			s.tracker.End(&req)
-			s.metrics.ends[c].Inc()
-		}
+func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	n := s.metrics.open.Add(1)
+	defer s.metrics.open.Add(-1)
+	if s.maxOpen > 0 && n > s.maxOpen {
+		return s.overLimit(ps)
 	}
-	// Whatever happens below, including a panic in gRPC code, the request
-	// is released once. End is idempotent.
-	defer end(endStreamErr)
 
-	started := false
+	var st stream
+	// Whatever happens below, including a panic in gRPC code, the request
+	// is released once (end is idempotent) and the stream's end recorded.
+	cause := endStreamErr
+	defer func() { s.finish(&st, cause) }()
+
 	for {
-		msg, err := stream.Recv()
+		msg, err := ps.Recv()
 		if err != nil {
-			return s.streamEnded(err, end)
+			var ret error
+			cause, ret = s.streamEnded(err)
+			return ret
 		}
-		ev, cause, reply := classify(msg)
-		switch ev {
+		m := classify(msg)
+		st.response = st.response || m.response
+		switch m.ev {
 		case evInvalid:
 			s.metrics.streamErrors.WithLabelValues("invalid_message").Inc()
-			end(endStreamErr)
 			return status.Error(codes.InvalidArgument, "ProcessingRequest has no request set")
 		case evStart:
 			// A second request_headers on one stream is a protocol
 			// violation; it is answered but never counted twice.
-			if !started {
-				started = true
-				req = s.start(stream.Context(), msg)
+			if !st.started {
+				st.started = true
+				st.req = s.start(ps.Context(), msg)
 			}
 		case evEnd:
-			end(cause)
+			cause = m.cause
+			s.end(&st, cause)
 		}
 		if !msg.GetObservabilityMode() {
-			if err := stream.Send(reply); err != nil {
-				return s.streamEnded(err, end)
+			if err := ps.Send(m.reply); err != nil {
+				var ret error
+				cause, ret = s.streamEnded(err)
+				return ret
 			}
 		}
 		// Once the response is complete there is nothing left to count:
 		// close the stream with OK and Envoy carries on without us.
-		if ev == evEnd {
+		if m.ev == evEnd {
 			return nil
 		}
 	}
+}
+
+// finish records how a stream ended: it releases its request, or counts a
+// stream that never started one.
+func (s *Server) finish(st *stream, c endCause) {
+	if !st.started {
+		s.metrics.noStart[c].Inc()
+	}
+	s.end(st, c)
+}
+
+// end releases the stream's request, if it is counted and not yet ended,
+// recording how it ended.
+func (s *Server) end(st *stream, c endCause) {
+	if !st.req.Started() {
+		return
+	}
+	s.tracker.End(&st.req)
+	s.metrics.ends[c].Inc()
+	if !st.response {
+		s.metrics.noResponse[c].Inc()
+	}
+}
+
+// overLimit answers a stream opened beyond MaxOpenStreams at once: it reads
+// the first message if few such streams are already waiting for theirs,
+// counts a request_headers as untracked, replies CONTINUE (unless in
+// observability mode) and closes with OK.
+func (s *Server) overLimit(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	if s.metrics.overReaders.Add(1) > OverLimitReaders {
+		s.metrics.overReaders.Add(-1)
+		s.metrics.overLimit[overNotRead].Inc()
+		return nil
+	}
+	msg, err := ps.Recv()
+	s.metrics.overReaders.Add(-1)
+	if err != nil {
+		s.metrics.overLimit[overNotRead].Inc()
+		return nil
+	}
+	m := classify(msg)
+	if m.ev != evStart {
+		s.metrics.overLimit[overNotRead].Inc()
+		return nil
+	}
+	t, reason := s.resolve(ps.Context(), msg)
+	s.tracker.Untracked(t, reason)
+	s.metrics.overLimit[overUntracked].Inc()
+	if !msg.GetObservabilityMode() {
+		_ = ps.Send(m.reply)
+	}
+	return nil
 }
 
 // start counts the request a request_headers message begins: for the
@@ -129,33 +204,39 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 // else under the reason why not. This is the per-request decision point
 // after request_headers.
 func (s *Server) start(ctx context.Context, msg *extprocv3.ProcessingRequest) Request {
+	t, reason := s.resolve(ctx, msg)
+	return s.tracker.Start(t, reason)
+}
+
+// resolve returns the target a request is counted for, or the reason it is
+// not attributed (the target is then zero).
+func (s *Server) resolve(ctx context.Context, msg *extprocv3.ProcessingRequest) (mesh.Target, mesh.Reason) {
 	t, reason := mesh.Resolve(requestAttributes(msg))
 	if s.auth != nil {
 		caller, ok := s.auth.Caller(ctx)
 		switch {
 		case !ok:
-			t, reason = mesh.Target{}, mesh.ReasonUnauthenticated
+			return mesh.Target{}, mesh.ReasonUnauthenticated
 		case reason == mesh.ReasonNone:
-			reason = s.policy.Authorize(caller, t)
+			if reason = s.policy.Authorize(caller, t); reason != mesh.ReasonNone {
+				t = mesh.Target{}
+			}
 		}
 	}
-	return s.tracker.Start(t, reason)
+	return t, reason
 }
 
-// streamEnded ends the request for a stream that stopped with err, and
-// returns what Process returns.
-func (s *Server) streamEnded(err error, end func(endCause)) error {
-	if errors.Is(err, io.EOF) {
-		end(endStreamEOF)
-		return nil
+// streamEnded classifies the error a stream stopped with and returns what
+// Process returns.
+func (s *Server) streamEnded(err error) (endCause, error) {
+	switch code := status.Code(err); {
+	case errors.Is(err, io.EOF):
+		return endStreamEOF, nil
+	case code == codes.Canceled || code == codes.DeadlineExceeded:
+		return endCanceled, nil
+	default:
+		s.metrics.streamErrors.WithLabelValues(code.String()).Inc()
+		s.log.Debug("ext_proc stream error", zap.Stringer("code", code))
+		return endStreamErr, err
 	}
-	code := status.Code(err)
-	if code == codes.Canceled || code == codes.DeadlineExceeded {
-		end(endCanceled)
-		return nil
-	}
-	end(endStreamErr)
-	s.metrics.streamErrors.WithLabelValues(code.String()).Inc()
-	s.log.Debug("ext_proc stream error", zap.Stringer("code", code))
-	return err
 }

@@ -20,6 +20,10 @@ type Snapshot struct {
 	// between two snapshots of one BootID are the exact elapsed time to
 	// divide busy-seconds deltas by (wall-clock Time may step).
 	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Draining is true once the replica got SIGTERM: it still counts the
+	// streams Envoy sends it and serves snapshots until it exits, but its
+	// records will vanish then. Absent when false.
+	Draining bool `json:"draining,omitempty"`
 	// Targets is sorted by (namespace, workload, service, pod, reason).
 	Targets []TargetRecord `json:"targets"`
 }
@@ -45,10 +49,21 @@ type TargetRecord struct {
 	InFlight  int64  `json:"in_flight"`
 	Started   uint64 `json:"started_total"`
 	Completed uint64 `json:"completed_total"`
+	// Untracked counts requests that arrived while the replica's
+	// open-stream cap was reached: they were answered at once (Envoy went
+	// on without the extproc), so they are in no other counter and their
+	// time in flight is unknown. Absent when 0.
+	Untracked uint64 `json:"untracked_total,omitempty"`
 	// BusySeconds is the integral of InFlight over time (request-seconds)
 	// up to Snapshot.Time. Its difference between two snapshots of the same
 	// BootID divided by the elapsed time is the exact mean concurrency.
 	BusySeconds float64 `json:"busy_seconds_total"`
 	// DurationSecondsSum is the sum of the durations of completed requests.
 	DurationSecondsSum float64 `json:"duration_seconds_sum"`
+	// CreatedUptimeSeconds is the replica's uptime_seconds when this record
+	// was created, with all its counters at 0. Records idle (nothing in
+	// flight, no change) for the replica's idle TTL are evicted; a later
+	// request for the same target creates a new record with a later value,
+	// which a reader must treat as a counter reset of that target alone.
+	CreatedUptimeSeconds float64 `json:"created_uptime_seconds"`
 }

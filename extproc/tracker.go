@@ -1,9 +1,10 @@
 package extproc
 
 import (
+	"cmp"
 	"sort"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/inflight-dev/inflight/mesh"
@@ -13,11 +14,26 @@ import (
 // seconds, spanning a short classification call to a long generation.
 var DefaultDurationBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300}
 
+// Defaults of TrackerOptions.
+const (
+	DefaultMaxTargets = 1000
+	DefaultIdleTTL    = 5 * time.Minute
+)
+
 // TrackerOptions configures a Tracker. The zero value is usable.
 type TrackerOptions struct {
 	// MaxTargets bounds the number of distinct targets; requests for new
-	// targets beyond it are counted under the overflow target. 0 means 1000.
+	// targets beyond it are counted under the overflow target. 0 means
+	// DefaultMaxTargets.
 	MaxTargets int
+	// MaxTargetsPerNamespace bounds the distinct targets of one namespace,
+	// so that one tenant cannot push the others into overflow; beyond it a
+	// namespace's new targets count under its namespace_overflow record.
+	// 0 means a quarter of MaxTargets (at least 1); at most MaxTargets.
+	MaxTargetsPerNamespace int
+	// IdleTTL is how long a target with nothing in flight and no change is
+	// kept before Sweep evicts it. 0 means DefaultIdleTTL.
+	IdleTTL time.Duration
 	// Now is the clock; nil means time.Now. It must be monotonic (values from
 	// time.Now carry a monotonic reading).
 	Now func() time.Time
@@ -26,14 +42,24 @@ type TrackerOptions struct {
 }
 
 // Tracker counts requests in flight per target.
+//
+// The set of targets is bounded and evicted when idle. Starting or ending a
+// request on a known target takes only that target's lock. Creating a target
+// (and Sweep) takes the tracker's lock, which also guards the per-namespace
+// counts, so the bounds are exact.
 type Tracker struct {
-	now     func() time.Time
-	epoch   time.Time
-	max     int64
-	buckets []float64
+	now      func() time.Time
+	epoch    time.Time
+	max      int
+	maxPerNS int
+	ttl      int64
+	buckets  []float64
 
 	targets sync.Map // key -> *target
-	n       atomic.Int64
+
+	mu    sync.Mutex     // guards n, perNS and the insertion of targets
+	n     int            // targets that count toward max
+	perNS map[string]int // identified targets per namespace
 }
 
 type key struct {
@@ -41,17 +67,28 @@ type key struct {
 	reason mesh.Reason
 }
 
+// bounded reports whether a target of this key counts toward the bounds:
+// identified targets and per-namespace overflow records (one per namespace).
+// The other reasons are a small fixed set.
+func (k key) bounded() bool {
+	return k.reason == mesh.ReasonNone || k.reason == mesh.ReasonNamespaceOverflow
+}
+
 // target holds one target's counters. Times are nanoseconds since the
 // tracker's epoch on the monotonic clock.
 type target struct {
-	key key
+	key     key
+	created int64
 
 	mu        sync.Mutex
+	evicted   bool // removed from the tracker: a Start that raced must retry
 	inFlight  int64
 	started   uint64
 	completed uint64
+	untracked uint64
 	busy      seconds // integral of inFlight up to last
-	last      int64   // time of the last change of inFlight
+	last      int64   // time up to which busy is integrated
+	changed   int64   // time of the last start, end or untracked arrival
 	dur       seconds // sum of completed requests' durations
 	counts    []uint64
 }
@@ -72,15 +109,21 @@ func (s seconds) float() float64 { return float64(s.sec) + float64(s.ns)/1e9 }
 
 // NewTracker returns an empty Tracker.
 func NewTracker(o TrackerOptions) *Tracker {
-	tr := &Tracker{now: o.Now, max: int64(o.MaxTargets), buckets: o.Buckets}
-	if tr.now == nil {
-		tr.now = time.Now
+	maxTargets := cmp.Or(o.MaxTargets, DefaultMaxTargets)
+	tr := &Tracker{
+		now:      o.Now,
+		max:      maxTargets,
+		maxPerNS: cmp.Or(o.MaxTargetsPerNamespace, max(1, maxTargets/4)),
+		ttl:      int64(cmp.Or(o.IdleTTL, DefaultIdleTTL)),
+		buckets:  o.Buckets,
+		perNS:    map[string]int{},
 	}
-	if tr.max <= 0 {
-		tr.max = 1000
-	}
+	tr.maxPerNS = min(tr.maxPerNS, tr.max)
 	if tr.buckets == nil {
 		tr.buckets = DefaultDurationBuckets
+	}
+	if tr.now == nil {
+		tr.now = time.Now
 	}
 	tr.epoch = tr.now()
 	return tr
@@ -101,24 +144,47 @@ func (r *Request) Started() bool { return r.t != nil }
 // Start counts a new request in flight for the target (or, when reason is
 // not empty, for the unknown target of that reason).
 func (tr *Tracker) Start(t mesh.Target, reason mesh.Reason) Request {
-	if reason != mesh.ReasonNone {
-		t = mesh.Target{}
+	for {
+		tg := tr.lookup(t, reason)
+		// The clock is read under the lock, so that one target's events are
+		// integrated in the order of their timestamps and busy-seconds equals
+		// the sum of the durations exactly.
+		tg.mu.Lock()
+		if tg.evicted {
+			tg.mu.Unlock()
+			continue // Sweep removed it after lookup: take the fresh one
+		}
+		now := tr.nanos()
+		tg.advance(now)
+		tg.inFlight++
+		tg.started++
+		tg.changed = now
+		tg.mu.Unlock()
+		return Request{t: tg, start: now}
 	}
-	tg := tr.lookup(key{t, reason})
-	// The clock is read under the lock, so that one target's events are
-	// integrated in the order of their timestamps and busy-seconds equals
-	// the sum of the durations exactly.
-	tg.mu.Lock()
-	now := tr.nanos()
-	tg.advance(now)
-	tg.inFlight++
-	tg.started++
-	tg.mu.Unlock()
-	return Request{t: tg, start: now}
+}
+
+// Untracked counts the arrival of a request that is not tracked in flight
+// (the server's open-stream cap was reached): it appears in the target's
+// untracked_total only, never in in_flight, started or completed.
+func (tr *Tracker) Untracked(t mesh.Target, reason mesh.Reason) {
+	for {
+		tg := tr.lookup(t, reason)
+		tg.mu.Lock()
+		if tg.evicted {
+			tg.mu.Unlock()
+			continue
+		}
+		tg.untracked++
+		tg.changed = tr.nanos()
+		tg.mu.Unlock()
+		return
+	}
 }
 
 // End releases the request and returns its duration. It is idempotent: only
-// the first call on a started request counts.
+// the first call on a started request counts. A target with a request in
+// flight is never evicted, so End always finds it in the tracker.
 func (tr *Tracker) End(r *Request) time.Duration {
 	tg := r.t
 	if tg == nil {
@@ -132,6 +198,7 @@ func (tr *Tracker) End(r *Request) time.Duration {
 	tg.advance(now)
 	tg.inFlight--
 	tg.completed++
+	tg.changed = now
 	tg.dur.add(d, 1)
 	tg.counts[b]++
 	tg.mu.Unlock()
@@ -146,22 +213,95 @@ func (t *target) advance(now int64) {
 	}
 }
 
-func (tr *Tracker) lookup(k key) *target {
+// lookup returns the live target record for a request: its own, or the
+// overflow record it falls into when a bound is reached.
+func (tr *Tracker) lookup(t mesh.Target, reason mesh.Reason) *target {
+	k := key{t, reason}
+	if reason != mesh.ReasonNone {
+		k.target = mesh.Target{}
+	}
 	if v, ok := tr.targets.Load(k); ok {
 		return v.(*target)
 	}
-	if k.reason == mesh.ReasonNone && tr.n.Load() >= tr.max {
-		k = key{reason: mesh.ReasonOverflow}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if v, ok := tr.targets.Load(k); ok {
+		return v.(*target)
+	}
+	if k.reason == mesh.ReasonNone {
+		switch {
+		case tr.n >= tr.max:
+			k = key{reason: mesh.ReasonOverflow}
+		case tr.perNS[k.target.Namespace] >= tr.maxPerNS:
+			k = key{target: mesh.Target{Namespace: k.target.Namespace}, reason: mesh.ReasonNamespaceOverflow}
+		}
 		if v, ok := tr.targets.Load(k); ok {
 			return v.(*target)
 		}
+		if k.reason == mesh.ReasonNamespaceOverflow && tr.n >= tr.max {
+			k = key{reason: mesh.ReasonOverflow}
+			if v, ok := tr.targets.Load(k); ok {
+				return v.(*target)
+			}
+		}
 	}
-	fresh := &target{key: k, counts: make([]uint64, len(tr.buckets)+1), last: tr.nanos()}
-	v, loaded := tr.targets.LoadOrStore(k, fresh)
-	if !loaded && k.reason == mesh.ReasonNone {
-		tr.n.Add(1)
+	// A new record. Its names are copied: they are substrings of the
+	// request's attribute values, which must not stay reachable.
+	k.target = mesh.Target{Namespace: strings.Clone(k.target.Namespace), Workload: strings.Clone(k.target.Workload),
+		Service: strings.Clone(k.target.Service), Pod: strings.Clone(k.target.Pod)}
+	now := tr.nanos()
+	fresh := &target{key: k, created: now, counts: make([]uint64, len(tr.buckets)+1), last: now, changed: now}
+	tr.targets.Store(k, fresh)
+	if k.bounded() {
+		tr.n++
 	}
-	return v.(*target)
+	if k.reason == mesh.ReasonNone {
+		tr.perNS[k.target.Namespace]++
+	}
+	return fresh
+}
+
+// Sweep evicts every target that has had nothing in flight and no change
+// for IdleTTL, and returns how many it evicted. The controller reads every
+// replica every tick, so by then it has read the target's final counters
+// many times; a later request for the same key starts a new record (a new
+// created_uptime_seconds, counters from 0). Sweep is called periodically by
+// the binary; it takes the tracker's lock, never a request's path.
+func (tr *Tracker) Sweep() int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	now := tr.nanos()
+	evicted := 0
+	tr.targets.Range(func(k, v any) bool {
+		t := v.(*target)
+		t.mu.Lock()
+		if t.inFlight == 0 && now-t.changed >= tr.ttl {
+			t.evicted = true
+			tr.targets.Delete(k)
+			evicted++
+			if t.key.bounded() {
+				tr.n--
+			}
+			if t.key.reason == mesh.ReasonNone {
+				ns := t.key.target.Namespace
+				if tr.perNS[ns]--; tr.perNS[ns] <= 0 {
+					delete(tr.perNS, ns)
+				}
+			}
+		}
+		t.mu.Unlock()
+		return true
+	})
+	return evicted
+}
+
+// Len returns the number of target records, and how many of them count
+// toward MaxTargets.
+func (tr *Tracker) Len() (records, bounded int) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.targets.Range(func(_, _ any) bool { records++; return true })
+	return records, tr.n
 }
 
 // Record is one target's counters read at one instant, with its duration
@@ -184,9 +324,10 @@ func (tr *Tracker) Records() []Record {
 			TargetRecord: TargetRecord{
 				Namespace: t.key.target.Namespace, Workload: t.key.target.Workload,
 				Service: t.key.target.Service, Pod: t.key.target.Pod, Reason: string(t.key.reason),
-				InFlight: t.inFlight, Started: t.started, Completed: t.completed,
-				BusySeconds:        t.busy.float(),
-				DurationSecondsSum: t.dur.float(),
+				InFlight: t.inFlight, Started: t.started, Completed: t.completed, Untracked: t.untracked,
+				BusySeconds:          t.busy.float(),
+				DurationSecondsSum:   t.dur.float(),
+				CreatedUptimeSeconds: time.Duration(t.created).Seconds(),
 			},
 			BucketCounts: append([]uint64(nil), t.counts...),
 		}

@@ -1,8 +1,10 @@
 package extproc
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +33,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 var vllm = mesh.Target{Namespace: "models", Workload: "vllm", Service: "vllm", Pod: "vllm-0"}
 
-func recordOf(t *testing.T, tr *Tracker, k mesh.Target, reason mesh.Reason) Record {
+func recordOf(t testing.TB, tr *Tracker, k mesh.Target, reason mesh.Reason) Record {
 	t.Helper()
 	for _, r := range tr.Records() {
 		if r.Namespace == k.Namespace && r.Workload == k.Workload && r.Service == k.Service && r.Pod == k.Pod && r.Reason == string(reason) {
@@ -199,4 +201,194 @@ func BenchmarkTrackerStartEnd(b *testing.B) {
 			tr.End(&r)
 		}
 	})
+}
+
+func TestTrackerEvictsIdleTargets(t *testing.T) {
+	c := newFakeClock()
+	tr := NewTracker(TrackerOptions{Now: c.Now, IdleTTL: time.Minute})
+	old := mesh.Target{Namespace: "models", Workload: "vllm", Pod: "vllm-old"}
+	busy := mesh.Target{Namespace: "models", Workload: "vllm", Pod: "vllm-busy"}
+	r := tr.Start(old, mesh.ReasonNone)
+	tr.End(&r)
+	long := tr.Start(busy, mesh.ReasonNone) // in flight for the whole test
+	c.Advance(59 * time.Second)
+	if n := tr.Sweep(); n != 0 {
+		t.Fatalf("evicted %d before the TTL", n)
+	}
+	c.Advance(time.Second)
+	if n := tr.Sweep(); n != 1 {
+		t.Fatalf("evicted %d at the TTL, want the idle one", n)
+	}
+	if recs, bounded := tr.Len(); recs != 1 || bounded != 1 {
+		t.Fatalf("after eviction: %d records, %d bounded; want the busy one only", recs, bounded)
+	}
+	c.Advance(time.Hour)
+	if n := tr.Sweep(); n != 0 {
+		t.Fatal("a target with a request in flight must never be evicted")
+	}
+	// A new request for the evicted key starts a new record: counters from
+	// 0 and a later created_uptime_seconds.
+	r = tr.Start(old, mesh.ReasonNone)
+	tr.End(&r)
+	rec := recordOf(t, tr, old, mesh.ReasonNone)
+	if rec.Started != 1 || rec.CreatedUptimeSeconds != (time.Hour+time.Minute).Seconds() {
+		t.Fatalf("re-created record %+v", rec.TargetRecord)
+	}
+	tr.End(&long)
+	if recordOf(t, tr, busy, mesh.ReasonNone).Completed != 1 {
+		t.Fatal("the long request must end on its record")
+	}
+}
+
+func TestTrackerBoundsPerNamespaceAndGlobal(t *testing.T) {
+	tr := NewTracker(TrackerOptions{MaxTargets: 10, MaxTargetsPerNamespace: 4})
+	pod := func(ns string, i int) mesh.Target {
+		return mesh.Target{Namespace: ns, Workload: "w", Pod: fmt.Sprintf("w-%d", i)}
+	}
+	var reqs []Request
+	// One tenant floods: it fills its own quota and then its own
+	// namespace_overflow record, never the others' room.
+	for i := range 100 {
+		reqs = append(reqs, tr.Start(pod("noisy", i), mesh.ReasonNone))
+	}
+	if r := recordOf(t, tr, mesh.Target{Namespace: "noisy"}, mesh.ReasonNamespaceOverflow); r.InFlight != 96 {
+		t.Fatalf("noisy's overflow holds %d, want 96", r.InFlight)
+	}
+	for i := range 4 {
+		reqs = append(reqs, tr.Start(pod("quiet", i), mesh.ReasonNone))
+		if r := recordOf(t, tr, pod("quiet", i), mesh.ReasonNone); r.InFlight != 1 {
+			t.Fatalf("quiet's target %d was pushed out by another tenant: %+v", i, r.TargetRecord)
+		}
+	}
+	// The global bound still holds when many tenants fill it: records of
+	// noisy (4 + its overflow record) + quiet (4) = 9; one more fits, then
+	// overflow.
+	reqs = append(reqs, tr.Start(pod("third", 0), mesh.ReasonNone))
+	reqs = append(reqs, tr.Start(pod("third", 1), mesh.ReasonNone))
+	reqs = append(reqs, tr.Start(pod("fourth", 0), mesh.ReasonNone))
+	if r := recordOf(t, tr, mesh.Target{}, mesh.ReasonOverflow); r.InFlight != 2 {
+		t.Fatalf("global overflow holds %d, want 2", r.InFlight)
+	}
+	if _, bounded := tr.Len(); bounded != 10 {
+		t.Fatalf("%d bounded records, want exactly MaxTargets", bounded)
+	}
+	for i := range reqs {
+		tr.End(&reqs[i])
+	}
+	checkDrained(t, tr)
+}
+
+// TestTrackerWeekOfRollouts: a week of simulated pod churn (time is a
+// parameter) never reaches overflow when idle targets are evicted: every
+// rollout replaces all pods of every workload, and requests only go to live
+// pods.
+func TestTrackerWeekOfRollouts(t *testing.T) {
+	c := newFakeClock()
+	const (
+		workloads  = 20
+		replicas   = 10
+		maxTargets = 1000
+		step       = 30 * time.Second
+	)
+	tr := NewTracker(TrackerOptions{Now: c.Now, MaxTargets: maxTargets, MaxTargetsPerNamespace: maxTargets, IdleTTL: 5 * time.Minute})
+	rng := rand.New(rand.NewPCG(1, 2))
+	gen := make([]int, workloads) // rollout generation per workload
+	var open []Request
+	var created, peak int
+	seen := map[mesh.Target]bool{}
+	for now := time.Duration(0); now < 7*24*time.Hour; now += step {
+		// Each workload rolls out every 2 hours on average (84 per week).
+		for w := range gen {
+			if rng.IntN(int(2*time.Hour/step)) == 0 {
+				gen[w]++
+			}
+		}
+		// Requests to live pods; about a third of the open ones end.
+		for range 30 {
+			w := rng.IntN(workloads)
+			tg := mesh.Target{Namespace: "ns", Workload: fmt.Sprintf("w%d", w), Pod: fmt.Sprintf("w%d-g%d-%d", w, gen[w], rng.IntN(replicas))}
+			if !seen[tg] {
+				seen[tg] = true
+				created++
+			}
+			open = append(open, tr.Start(tg, mesh.ReasonNone))
+		}
+		for i := 0; i < len(open); {
+			if rng.IntN(3) == 0 {
+				tr.End(&open[i])
+				open[i] = open[len(open)-1]
+				open = open[:len(open)-1]
+				continue
+			}
+			i++
+		}
+		c.Advance(step)
+		if now%time.Minute == 0 {
+			tr.Sweep()
+		}
+		recs, _ := tr.Len()
+		peak = max(peak, recs)
+	}
+	for i := range open {
+		tr.End(&open[i])
+	}
+	for _, r := range tr.Records() {
+		if r.Reason != "" {
+			t.Fatalf("a week of rollouts reached %q: %+v", r.Reason, r.TargetRecord)
+		}
+	}
+	if created <= maxTargets {
+		t.Fatalf("the simulation created only %d pod targets: it must exceed --max-targets (%d) to prove eviction", created, maxTargets)
+	}
+	t.Logf("%d pod targets over the week, at most %d records at once (bound %d)", created, peak, maxTargets)
+}
+
+// TestTrackerEvictionRaces runs starts, ends and sweeps concurrently on a
+// tiny TTL: no request is lost or counted on an evicted record, and every
+// counter returns to zero.
+func TestTrackerEvictionRaces(t *testing.T) {
+	c := newFakeClock()
+	tr := NewTracker(TrackerOptions{Now: c.Now, IdleTTL: time.Nanosecond, MaxTargets: 50, MaxTargetsPerNamespace: 50})
+	var started, ended atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var swept atomic.Int64
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				c.Advance(time.Millisecond)
+				swept.Add(int64(tr.Sweep()))
+			}
+		}
+	})
+	var workers sync.WaitGroup
+	for w := range 8 {
+		workers.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 20000 {
+				tg := mesh.Target{Namespace: "ns", Workload: "w", Pod: fmt.Sprintf("p%d", rng.IntN(20))}
+				r := tr.Start(tg, mesh.ReasonNone)
+				started.Add(1)
+				tr.End(&r)
+				ended.Add(1)
+			}
+		})
+	}
+	workers.Wait()
+	close(stop)
+	wg.Wait()
+	if swept.Load() == 0 {
+		t.Fatal("no eviction happened: the test did not race anything")
+	}
+	for _, r := range tr.Records() {
+		if r.InFlight != 0 || r.Started != r.Completed {
+			t.Fatalf("leak after evictions: %+v", r.TargetRecord)
+		}
+	}
+	if started.Load() != ended.Load() {
+		t.Fatal("unbalanced")
+	}
 }

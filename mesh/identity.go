@@ -169,7 +169,7 @@ func unquote(v string) (string, bool) {
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 		v = v[1 : len(v)-1]
 	}
-	if strings.ContainsAny(v, "\"\\") {
+	if strings.IndexByte(v, '"') >= 0 || strings.IndexByte(v, '\\') >= 0 {
 		return "", false
 	}
 	return v, true

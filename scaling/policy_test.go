@@ -12,14 +12,13 @@ var t0 = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // load is what a test workload looks like in one second.
 type load struct {
-	conc, inFlight      float64 // mean over the second, and at its end
-	arr, comp           float64
-	ready, starting     int32
-	requested           int32
-	partial             bool
-	meanDur, coldStart  time.Duration
-	skipObserve         bool
-	constantConcurrency bool
+	conc, inFlight     float64 // mean over the second, and at its end
+	arr, comp          float64
+	ready, starting    int32
+	requested          int32
+	partial            bool
+	meanDur, coldStart time.Duration
+	skipObserve        bool
 }
 
 // drive observes secs seconds of load (fn gives the load of second i) and

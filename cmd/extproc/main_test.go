@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"math"
+	"runtime/debug"
+
 	"encoding/json"
+	"go.uber.org/zap"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,7 +32,20 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		{[]string{"--grpc-listen=:9090"}, []string{"both", "must differ"}},
 		{[]string{"--replica-name="}, []string{"--replica-name is empty"}},
 		{[]string{"--max-targets=0"}, []string{"--max-targets=0", "1 to 100000"}},
-		{[]string{"--drain-timeout=-1s"}, []string{"--drain-timeout=-1s", "0s to 10m"}},
+		{[]string{"--max-targets=5000"}, []string{"--max-targets=5000", "may need", "--memory-limit=256Mi (224 MiB)"}},
+		{[]string{"--caller-identity=mtls", "--max-connections=1000"}, []string{"--max-connections=1000 may need"}},
+		{[]string{"--memory-limit=lots"}, []string{`--memory-limit="lots"`}},
+		{[]string{"--max-targets=100", "--max-targets-per-namespace=101"}, []string{"--max-targets-per-namespace=101", "1 to --max-targets (100)"}},
+		{[]string{"--target-idle-ttl=30s"}, []string{"--target-idle-ttl=30s", "1m to 24h"}},
+		{[]string{"--max-open-streams=20000"}, []string{"--max-open-streams=20000", "may need"}},
+		{[]string{"--max-open-streams=0"}, []string{"--max-open-streams=0", "1 to 100000"}},
+		{[]string{"--max-streams-per-connection=0"}, []string{"--max-streams-per-connection=0"}},
+		{[]string{"--max-connections=0"}, []string{"--max-connections=0", "1 to 100000"}},
+		{[]string{"--max-message-bytes=1024"}, []string{"--max-message-bytes=1024", "64 KiB"}},
+		{[]string{"--max-connection-idle=0s"}, []string{"--max-connection-idle=0s"}},
+		{[]string{"--max-connection-age=10s"}, []string{"--max-connection-age=10s", "0 (never) or 1m to 24h"}},
+		{[]string{"--drain-timeout=-1s"}, []string{"--drain-timeout=-1s", "0s to 1h"}},
+		{[]string{"--drain-delay=3m"}, []string{"--drain-delay=3m0s", "0s to 2m"}},
 		{[]string{"--log-level=loud"}, []string{`--log-level="loud"`}},
 		{[]string{"--caller-identity=none"}, []string{`--caller-identity="none"`, "xfcc, mtls or trust-attributes"}},
 		{[]string{"--caller-identity=trust-attributes", "--grpc-listen=:9002"}, []string{`--grpc-listen=":9002"`, "loopback"}},
@@ -59,6 +76,13 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
+	// A larger memory limit carries larger bounds.
+	o.MaxTargets, o.MemoryLimit = 5000, "512Mi"
+	if err := o.Validate(); err != nil {
+		t.Fatalf("--max-targets=5000 with --memory-limit=512Mi: %v", err)
+	}
+	o = DefaultOptions()
+	o.ReplicaName = "x"
 	if o.CallerIdentity != identityXFCC {
 		t.Fatalf("the default must authenticate callers, got --caller-identity=%s", o.CallerIdentity)
 	}
@@ -85,7 +109,8 @@ func startRun(t *testing.T, args ...string) *running {
 	r := &running{grpc: testutil.FreeAddr(t), admin: testutil.FreeAddr(t), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	args = append([]string{"--grpc-listen", r.grpc, "--admin-listen", r.admin, "--replica-name", "test-0", "--log-level", "error"}, args...)
+	args = append([]string{"--grpc-listen", r.grpc, "--admin-listen", r.admin, "--replica-name", "test-0", "--log-level", "error",
+		"--drain-delay", "0s", "--drain-timeout", "1s"}, args...)
 	go func() { r.done <- run(ctx, args) }()
 	t.Cleanup(func() {
 		cancel()
@@ -113,6 +138,7 @@ func startRun(t *testing.T, args ...string) *running {
 		}
 		select {
 		case err := <-r.done:
+			r.done <- nil // for the clean-up
 			t.Fatalf("run returned early: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -210,5 +236,70 @@ func TestRunMTLS(t *testing.T) {
 		if got[k] != v {
 			t.Fatalf("counts %v, want %v", got, want)
 		}
+	}
+}
+
+// TestMaxConnections: beyond --max-connections a new connection is closed
+// at once; once one closes, a new one is served.
+func TestMaxConnections(t *testing.T) {
+	r := startRun(t, "--max-connections", "2", "--caller-identity", "trust-attributes")
+	check := func() (*grpc.ClientConn, error) {
+		cc, err := grpc.NewClient(r.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		return cc, err
+	}
+	a, err := check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, err := check()
+	c.Close()
+	if err == nil {
+		t.Fatal("a third connection was served with --max-connections 2")
+	}
+	a.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		d, err := check()
+		d.Close()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one closed: %v", err)
+		}
+	}
+}
+
+// TestSetMemoryLimit: the Go heap limit becomes 7/8 of --memory-limit,
+// unless it is already lower.
+func TestSetMemoryLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(prev)
+	o := DefaultOptions()
+	o.MemoryLimit = "256Mi"
+	debug.SetMemoryLimit(math.MaxInt64)
+	setMemoryLimit(o, zap.NewNop())
+	if got := debug.SetMemoryLimit(-1); got != 224<<20 {
+		t.Fatalf("unset GOMEMLIMIT: limit %d, want 224 MiB", got)
+	}
+	debug.SetMemoryLimit(256 << 20) // GOMEMLIMIT at 100 % of the container's
+	setMemoryLimit(o, zap.NewNop())
+	if got := debug.SetMemoryLimit(-1); got != 224<<20 {
+		t.Fatalf("GOMEMLIMIT at the container limit: %d, want lowered to 224 MiB", got)
+	}
+	debug.SetMemoryLimit(100 << 20)
+	setMemoryLimit(o, zap.NewNop())
+	if got := debug.SetMemoryLimit(-1); got != 100<<20 {
+		t.Fatalf("a lower GOMEMLIMIT must be kept: %d", got)
 	}
 }

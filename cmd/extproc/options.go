@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/inflight-dev/inflight/cmd/internal/logging"
+	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/mesh"
 )
 
@@ -28,13 +29,38 @@ const (
 	identityTrustAttributes = "trust-attributes"
 )
 
+// Sanity ranges of the bounds; what they may be together is decided by
+// --memory-limit (budget.go).
+const (
+	maxMaxTargets     = 100000
+	maxMaxOpenStreams = 100000
+	maxMaxConnections = 100000
+)
+
 // Options are every setting of the extproc binary.
 type Options struct {
-	GRPCListen   string
-	AdminListen  string
-	ReplicaName  string
-	MaxTargets   int
+	GRPCListen  string
+	AdminListen string
+	ReplicaName string
+	// DrainDelay is how long new streams are still accepted after SIGTERM;
+	// DrainTimeout how long open streams may then finish.
+	DrainDelay   time.Duration
 	DrainTimeout time.Duration
+
+	// Bounds on the tracker.
+	MaxTargets             int
+	MaxTargetsPerNamespace int
+	TargetIdleTTL          time.Duration
+	// Bounds on the gRPC server.
+	MaxOpenStreams          int
+	MaxConnections          int
+	MaxStreamsPerConnection int
+	MaxMessageBytes         int
+	MaxConnectionIdle       time.Duration
+	MaxConnectionAge        time.Duration
+	// MemoryLimit is the container's memory limit (a Kubernetes quantity);
+	// the bounds together must fit in 7/8 of it.
+	MemoryLimit string
 
 	// CallerIdentity is how the calling proxy's mesh identity is learned.
 	CallerIdentity string
@@ -59,11 +85,21 @@ func DefaultOptions() Options {
 		name = pod
 	}
 	return Options{
-		GRPCListen:        ":9002",
-		AdminListen:       ":9090",
-		ReplicaName:       name,
-		MaxTargets:        1000,
-		DrainTimeout:      25 * time.Second,
+		GRPCListen:   ":9002",
+		AdminListen:  ":9090",
+		ReplicaName:  name,
+		DrainTimeout: 25 * time.Second,
+
+		MaxTargets:              extproc.DefaultMaxTargets,
+		TargetIdleTTL:           extproc.DefaultIdleTTL,
+		MaxOpenStreams:          10000,
+		MaxConnections:          500,
+		MaxStreamsPerConnection: 1000,
+		MaxMessageBytes:         4 << 20,
+		MaxConnectionIdle:       5 * time.Minute,
+		MaxConnectionAge:        30 * time.Minute,
+		MemoryLimit:             defaultMemoryLimit(),
+
 		CallerIdentity:    identityXFCC,
 		XFCCBy:            "spiffe://cluster.local/ns/inflight-system/sa/inflight-extproc",
 		TLSCertChain:      "/etc/istio-output-certs/cert-chain.pem",
@@ -79,8 +115,25 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GRPCListen, "grpc-listen", o.GRPCListen, "address of the ext_proc gRPC server (and the gRPC health service)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address of the admin HTTP server: /v1/snapshot, /metrics, /healthz, /readyz (keep it inside the cluster)")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "name of this replica in snapshots (default: $POD_NAME, else the host name)")
-	fs.IntVar(&o.MaxTargets, "max-targets", o.MaxTargets, "bound on distinct targets; requests for further ones count under reason=\"overflow\"")
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may finish before they are cut")
+	fs.DurationVar(&o.DrainDelay, "drain-delay", o.DrainDelay,
+		"on SIGTERM, /readyz fails at once but new streams are still accepted for this long, while the endpoint's removal reaches every Envoy (istiod push + Envoy update)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout,
+		"after --drain-delay, GOAWAY: open streams may finish for this long (long LLM generations), then the rest are cut (each releases its request); terminationGracePeriodSeconds must exceed --drain-delay + --drain-timeout")
+	fs.IntVar(&o.MaxTargets, "max-targets", o.MaxTargets, "bound on target records; requests for further targets count under reason=\"overflow\"")
+	fs.IntVar(&o.MaxTargetsPerNamespace, "max-targets-per-namespace", o.MaxTargetsPerNamespace,
+		"bound on one namespace's target records, so one tenant cannot push others into overflow; beyond it that namespace's new targets count under reason=\"namespace_overflow\" (0: a quarter of --max-targets)")
+	fs.DurationVar(&o.TargetIdleTTL, "target-idle-ttl", o.TargetIdleTTL,
+		"a target with nothing in flight and no change for this long is evicted (keep it ≥ 10 × the controller's --tick and ≥ its --lease-duration + 2 × --tick)")
+	fs.IntVar(&o.MaxOpenStreams, "max-open-streams", o.MaxOpenStreams,
+		"streams tracked at once; a stream opened beyond it is answered at once (Envoy goes on without the extproc) and its request counted as untracked")
+	fs.IntVar(&o.MaxConnections, "max-connections", o.MaxConnections, "gRPC connections open at once; one beyond it is closed at once (Envoy fails open)")
+	fs.IntVar(&o.MaxStreamsPerConnection, "max-streams-per-connection", o.MaxStreamsPerConnection, "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: Envoy opens another connection beyond it")
+	fs.IntVar(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "largest ProcessingRequest accepted (a larger one ends its stream with RESOURCE_EXHAUSTED)")
+	fs.DurationVar(&o.MaxConnectionIdle, "max-connection-idle", o.MaxConnectionIdle, "a connection without a stream for this long is closed with GOAWAY")
+	fs.StringVar(&o.MemoryLimit, "memory-limit", o.MemoryLimit,
+		"the container's memory limit (default $MEMORY_LIMIT, else 256Mi): the bounds together must fit in 7/8 of it, which is also the Go heap limit when GOMEMLIMIT is not set")
+	fs.DurationVar(&o.MaxConnectionAge, "max-connection-age", o.MaxConnectionAge,
+		"a connection older than this (±10 %) gets GOAWAY: no new streams, open ones run to their end (no grace limit: a request is never cut); 0 = never")
 	fs.StringVar(&o.CallerIdentity, "caller-identity", o.CallerIdentity,
 		"how the calling proxy's mesh identity is learned: xfcc (the extproc's own Istio sidecar forwards it in x-forwarded-client-cert), "+
 			"mtls (this process terminates mTLS with istio-agent's files), or trust-attributes (none: believe the attributes; loopback --grpc-listen only)")
@@ -117,11 +170,44 @@ func (o *Options) Validate() error {
 	if o.ReplicaName == "" {
 		errs = append(errs, errors.New("--replica-name is empty: set it or $POD_NAME"))
 	}
-	if o.MaxTargets < 1 || o.MaxTargets > 100000 {
-		errs = append(errs, fmt.Errorf("--max-targets=%d: want 1 to 100000", o.MaxTargets))
+	if o.MaxTargets < 1 || o.MaxTargets > maxMaxTargets {
+		errs = append(errs, fmt.Errorf("--max-targets=%d: want 1 to %d", o.MaxTargets, maxMaxTargets))
 	}
-	if o.DrainTimeout < 0 || o.DrainTimeout > 10*time.Minute {
-		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 10m", o.DrainTimeout))
+	if o.MaxTargetsPerNamespace < 0 || o.MaxTargetsPerNamespace > o.MaxTargets {
+		errs = append(errs, fmt.Errorf("--max-targets-per-namespace=%d: want 0 (a quarter of --max-targets) or 1 to --max-targets (%d)", o.MaxTargetsPerNamespace, o.MaxTargets))
+	}
+	if o.TargetIdleTTL < time.Minute || o.TargetIdleTTL > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("--target-idle-ttl=%s: want 1m to 24h", o.TargetIdleTTL))
+	}
+	if o.MaxOpenStreams < 1 || o.MaxOpenStreams > maxMaxOpenStreams {
+		errs = append(errs, fmt.Errorf("--max-open-streams=%d: want 1 to %d", o.MaxOpenStreams, maxMaxOpenStreams))
+	}
+	if o.MaxConnections < 1 || o.MaxConnections > maxMaxConnections {
+		errs = append(errs, fmt.Errorf("--max-connections=%d: want 1 to %d", o.MaxConnections, maxMaxConnections))
+	}
+	if o.MaxStreamsPerConnection < 1 || o.MaxStreamsPerConnection > maxMaxOpenStreams {
+		errs = append(errs, fmt.Errorf("--max-streams-per-connection=%d: want 1 to %d", o.MaxStreamsPerConnection, maxMaxOpenStreams))
+	}
+	if o.MaxMessageBytes < 64<<10 || o.MaxMessageBytes > 16<<20 {
+		errs = append(errs, fmt.Errorf("--max-message-bytes=%d: want 65536 (64 KiB) to 16777216 (16 MiB)", o.MaxMessageBytes))
+	}
+	if o.MaxConnectionIdle < time.Minute || o.MaxConnectionIdle > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("--max-connection-idle=%s: want 1m to 24h", o.MaxConnectionIdle))
+	}
+	if o.MaxConnectionAge != 0 && (o.MaxConnectionAge < time.Minute || o.MaxConnectionAge > 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("--max-connection-age=%s: want 0 (never) or 1m to 24h", o.MaxConnectionAge))
+	}
+	if o.DrainDelay < 0 || o.DrainDelay > 2*time.Minute {
+		errs = append(errs, fmt.Errorf("--drain-delay=%s: want 0s to 2m", o.DrainDelay))
+	}
+	if o.DrainTimeout < 0 || o.DrainTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 1h", o.DrainTimeout))
+	}
+	if limit, err := parseMemory(o.MemoryLimit); err != nil {
+		errs = append(errs, fmt.Errorf("--memory-limit=%q: want a Kubernetes memory quantity such as 256Mi: %v", o.MemoryLimit, err))
+	} else if need, budget := o.memoryNeed(), memoryBudget(limit); need > budget {
+		errs = append(errs, fmt.Errorf("--max-open-streams=%d, --max-targets=%d and --max-connections=%d may need %d MiB, more than 7/8 of --memory-limit=%s (%d MiB): lower one of them or raise the limit (README, Security → Limits)",
+			o.MaxOpenStreams, o.MaxTargets, o.MaxConnections, need>>20, o.MemoryLimit, budget>>20))
 	}
 	switch o.CallerIdentity {
 	case identityXFCC:

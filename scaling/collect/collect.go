@@ -13,10 +13,9 @@
 //
 // It imports no Kubernetes client: endpoints come in as plain values.
 //
-// Concurrency: Tick may be called from one goroutine at a time (the
-// controller's tick loop); it performs all network I/O without holding the
-// Collector's lock and then merges under it. Stats may be called
-// concurrently with Tick.
+// Concurrency: a Collector belongs to one goroutine (the controller's tick
+// loop): Tick fetches in parallel and merges after every fetch has
+// returned; nothing else reads its state, so it has no lock.
 package collect
 
 import (
@@ -171,7 +170,6 @@ type replica struct {
 type Collector struct {
 	opt Options
 
-	mu       sync.Mutex
 	replicas map[string]*replica
 	meanDur  map[Workload]time.Duration
 }
@@ -289,8 +287,6 @@ func (c *Collector) merge(out []fetched) Result {
 	if len(out) == 0 {
 		res.Partial = true
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	listed := make(map[string]bool, len(out))
 	ok := make(map[string]bool, len(out))
 	durs := map[Workload][2]float64{} // completed, duration sum in the interval
@@ -382,17 +378,4 @@ func (c *Collector) merge(out []fetched) Result {
 	}
 	sort.Slice(res.Errors, func(i, j int) bool { return res.Errors[i].Endpoint.Key < res.Errors[j].Endpoint.Key })
 	return res
-}
-
-// Stats is a summary of the kept state, for status pages.
-type Stats struct {
-	// Replicas is the number of replicas whose last snapshot is kept.
-	Replicas int
-}
-
-// Stats returns a summary of the kept state.
-func (c *Collector) Stats() Stats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return Stats{Replicas: len(c.replicas)}
 }

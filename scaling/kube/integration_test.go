@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -364,5 +365,44 @@ func TestNewLeaderWaitsAFullWindowBeforeScaleDown(t *testing.T) {
 	}
 	if got := r2.metric(t, "inflight_controller_decisions_total", map[string]string{"reason": scaling.CauseWarmingUp.String()}); got < 1 {
 		t.Errorf("decisions_total{reason=warming_up} = %v on the new leader, want ≥ 1", got)
+	}
+}
+
+// Many workloads scale in the same tick: the writes run in parallel, never
+// more than --write-workers at once, and every one lands.
+func TestWritesRunInParallelWithinTheLimit(t *testing.T) {
+	testutil.SkipUnlessLong(t)
+	e := newEnv(t)
+	const n = 6
+	for i := range n {
+		e.deployment(fmt.Sprintf("m%d", i), fastAnn(), 1)
+	}
+	a := e.replica("a")
+	o := e.fastOptions("c1")
+	o.WriteWorkers = 3
+	var cur, peak atomic.Int32
+	r := e.start(e.cfg, o, func(c *Controller) {
+		c.beforeScaleUpdate = func(string, string) {
+			now := cur.Add(1)
+			defer cur.Add(-1)
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			time.Sleep(50 * time.Millisecond) // hold the slot so that overlaps show
+		}
+	})
+	eventually(t, 30*time.Second, "leadership", r.c.Leading)
+	for i := range n {
+		a.SetInFlight(e.ns, fmt.Sprintf("m%d", i), "p", 4, time.Second)
+	}
+	eventually(t, 30*time.Second, "every workload at 4", func() bool {
+		for i := range n {
+			if e.replicas(fmt.Sprintf("m%d", i)) != 4 {
+				return false
+			}
+		}
+		return true
+	})
+	if p := peak.Load(); p < 2 || p > int32(o.WriteWorkers) {
+		t.Errorf("peak concurrent writes %d, want 2..%d (parallel, within --write-workers)", p, o.WriteWorkers)
 	}
 }

@@ -31,7 +31,7 @@ func Summarize(r Result) Summary {
 	sort.Float64s(w)
 	s := Summary{Policy: r.Policy, Trace: r.Trace, Knob: r.Knob, GPUHours: r.GPUHours,
 		ScaleEvents: r.ScaleEvents, Reversals: r.Reversals, StepReaction: math.NaN()}
-	s.P50, s.P95, s.P99 = quantile(w, 0.5), quantile(w, 0.95), quantile(w, 0.99)
+	s.P50, s.P95, s.P99 = Quantile(w, 0.5), Quantile(w, 0.95), Quantile(w, 0.99)
 	over := sort.SearchFloat64s(w, 2+1e-12)
 	if len(w) > 0 {
 		s.Over2s = float64(len(w)-over) / float64(len(w))
@@ -42,8 +42,10 @@ func Summarize(r Result) Summary {
 	return s
 }
 
-// quantile of sorted xs (nearest rank).
-func quantile(xs []float64, q float64) float64 {
+// Quantile is the q-quantile (0 ≤ q ≤ 1) of xs sorted ascending, by
+// nearest rank; NaN when xs is empty. It is the one quantile of the
+// project's reports (the simulator, the demo, the load generator).
+func Quantile(xs []float64, q float64) float64 {
 	if len(xs) == 0 {
 		return math.NaN()
 	}

@@ -393,13 +393,12 @@ func (p *cortex) Decide(now float64, m Metrics) int {
 // panic at 200 %, max scale-up rate 1000 and scale-down rate 2 (relative to
 // ready pods), scale-down-delay 0, never down while panicking.
 type kpa struct {
-	target     float64
-	max        int
-	buckets    []float64
-	panicking  bool
-	panicTime  float64
-	maxPanic   int
-	panicStart bool
+	target    float64
+	max       int
+	buckets   []float64
+	panicking bool
+	panicTime float64
+	maxPanic  int
 }
 
 func (p *kpa) Name() string    { return "knative-kpa" }

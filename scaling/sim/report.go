@@ -13,7 +13,9 @@ var Baselines = []string{"hpa-cpu", "cortex", "knative-kpa"}
 // WaitLimits are the p99 queue-wait bounds of the frontier (s).
 var WaitLimits = []float64{2, 10}
 
-func fmtWait(s float64) string {
+// FormatWait formats a wait in seconds for reports ("0", "0.35", "12"; "—"
+// for NaN); the unit is the caller's to print.
+func FormatWait(s float64) string {
 	switch {
 	case math.IsNaN(s):
 		return "—"
@@ -71,7 +73,7 @@ func (o Outcome) WriteMarkdown(w io.Writer, command string) error {
 				continue
 			}
 			fmt.Fprintf(&b, "| %s | %s %.3g | %.2f | %s | %s | %s | %.1f %% | %d | %d | %s |\n", sp.Name, sp.KnobName, s.Knob,
-				s.GPUHours, fmtWait(s.P50), fmtWait(s.P95), fmtWait(s.P99), 100*s.Over2s, s.ScaleEvents, s.Reversals, fmtReaction(s.StepReaction))
+				s.GPUHours, FormatWait(s.P50), FormatWait(s.P95), FormatWait(s.P99), 100*s.Over2s, s.ScaleEvents, s.Reversals, fmtReaction(s.StepReaction))
 		}
 		b.WriteString("\n")
 	}
@@ -102,7 +104,7 @@ func (o Outcome) WriteMarkdown(w io.Writer, command string) error {
 					f = fmt.Sprintf("%.2f", s.GPUHours)
 				}
 				d, _ := o.DefaultRun(ti, sp.Name)
-				fmt.Fprintf(&b, " %s · %s s / %.2f |", f, fmtWait(d.P99), d.GPUHours)
+				fmt.Fprintf(&b, " %s · %s s / %.2f |", f, FormatWait(d.P99), d.GPUHours)
 			}
 			b.WriteString("\n")
 		}

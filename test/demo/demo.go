@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -345,19 +345,12 @@ func (d *demo) startStatus(ctx context.Context, start time.Time) statusLoop {
 	return statusLoop{cancel: cancel, done: done}
 }
 
+// fmtWait is sim.FormatWait with its unit.
+func fmtWait(sec float64) string { return sim.FormatWait(sec) + " s" }
+
 func clock(d time.Duration) string {
 	s := int(d.Seconds())
 	return fmt.Sprintf("%02d:%02d", s/60, s%60)
-}
-
-func fmtWait(sec float64) string {
-	switch {
-	case sec < 1:
-		return fmt.Sprintf("%4.0fms", sec*1000)
-	case sec < 120:
-		return fmt.Sprintf("%5.1fs", sec)
-	}
-	return fmt.Sprintf("%4.1fmin", sec/60)
 }
 
 // finish checks the counters, prints the summary, the Events, writes the
@@ -393,7 +386,8 @@ func (d *demo) finish(ctx context.Context, loadStart time.Time) error {
 	peak := d.peakReplicas()
 	row("GPU-hours (replica-time, uncompressed)", fmt.Sprintf("%.2f (every pod, from its creation to its removal or now)", fs.GPUHours))
 	row("static at the peak, same time span", fmt.Sprintf("%.2f (%d replicas)", float64(peak)*wall.Hours()*d.opt.Speed, peak))
-	row("wait p50 / p99 / max", fmt.Sprintf("%s / %s / %s", fmtWait(quantile(waits, 0.5)), fmtWait(quantile(waits, 0.99)), fmtWait(quantile(waits, 1))))
+	slices.Sort(waits)
+	row("wait p50 / p99 / max", fmt.Sprintf("%s / %s / %s", fmtWait(sim.Quantile(waits, 0.5)), fmtWait(sim.Quantile(waits, 0.99)), fmtWait(sim.Quantile(waits, 1))))
 	row("requests served / outcomes", fmt.Sprintf("%d / %s", stats.Done, formatOutcomes(stats.Outcomes)))
 	row("scale events (spec.replicas changes)", fmt.Sprintf("%d (Events: %d ScaledUp, %d ScaledDown)", fs.Changes, ups, downs))
 	row("replicas at the end", fmt.Sprintf("desired %d, ready %d", fs.Desired, fs.Ready))
@@ -451,15 +445,6 @@ func formatOutcomes(m map[string]int) string {
 	}
 	sort.Strings(kv)
 	return strings.Join(kv, ", ")
-}
-
-func quantile(xs []float64, q float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[min(len(s)-1, int(math.Floor(q*float64(len(s)))))]
 }
 
 // peakReplicas is the highest spec.replicas seen.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/inflight-dev/inflight/test/demo/stack"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 const prometheusBin = "/usr/bin/prometheus"
@@ -52,7 +53,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return "", err
 	}
-	addr, err := stack.FreePort()
+	addr, err := testutil.FreeLoopbackAddr()
 	if err != nil {
 		return "", err
 	}

@@ -915,10 +915,10 @@ func (f *filter) headers(kind Kind, eos bool) *extprocv3.ProcessingRequest {
 	var hs []Header
 	if kind == RequestHeaders {
 		hs = []Header{
-			{":method", or(req.Method, "POST")},
-			{":path", or(req.Path, "/v1/completions")},
-			{":authority", or(req.Authority, "model")},
-			{":scheme", or(req.Scheme, "http")},
+			{":method", cmp.Or(req.Method, "POST")},
+			{":path", cmp.Or(req.Path, "/v1/completions")},
+			{":authority", cmp.Or(req.Authority, "model")},
+			{":scheme", cmp.Or(req.Scheme, "http")},
 			{"x-request-id", fmt.Sprintf("%016x-harness", f.c.reqIDs.Add(1))},
 		}
 		hs = append(hs, req.Headers...)
@@ -963,11 +963,4 @@ func body(kind Kind, b []byte, eos bool) *extprocv3.ProcessingRequest {
 		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: hb}}
 	}
 	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: hb}}
-}
-
-func or(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
 }

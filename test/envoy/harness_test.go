@@ -406,13 +406,13 @@ func TestResponseShapes(t *testing.T) {
 	}{
 		{"bodiless/control", Config{Profile: Control, Version: Envoy137}, sseRequest(0),
 			"[request_headers(eos=true) response_headers(eos=true)]"},
-		{"bodiless/observe", Config{Profile: Observe, Version: Envoy137, DeferredCloseTimeout: time.Millisecond}, sseRequest(0),
+		{"bodiless/observe", Config{Profile: Observe, Version: Envoy137}, sseRequest(0),
 			"[request_headers(eos=true) response_headers(eos=true)]"},
 		{"trailers/control/1.36", Config{Profile: Control, Version: Envoy136}, grpcResp(),
 			"[request_headers(eos=true) response_headers(eos=false) response_trailers]"},
 		{"trailers/control/1.37", Config{Profile: Control, Version: Envoy137}, grpcResp(),
 			"[request_headers(eos=true) response_headers(eos=false) response_trailers]"},
-		{"trailers/observe", Config{Profile: Observe, Version: Envoy137, DeferredCloseTimeout: time.Millisecond}, grpcResp(),
+		{"trailers/observe", Config{Profile: Observe, Version: Envoy137}, grpcResp(),
 			"[request_headers(eos=true) response_headers(eos=false) response_trailers]"},
 		{"streamed+trailers-skip", Config{Filter: streamedSkip}, grpcResp(),
 			"[request_headers(eos=true) response_headers(eos=false) response_body(eos=false) response_body(eos=false)]"},
@@ -581,12 +581,12 @@ func TestStreamLifetimeByVersion(t *testing.T) {
 		{"1.37/shipped control: trailers SEND keeps it open", Config{Profile: Control, Version: Envoy137}, false, false, 2},
 		{"1.37/shipped control, body already complete (envoy#42507)", Config{Profile: Control, Version: Envoy137}, true, true, 2},
 		{"1.36/shipped control, body already complete", Config{Profile: Control, Version: Envoy136}, true, false, 2},
-		{"1.37/shipped observe: never early", Config{Profile: Observe, Version: Envoy137, DeferredCloseTimeout: time.Millisecond}, true, false, 2},
+		{"1.37/shipped observe: never early", Config{Profile: Observe, Version: Envoy137}, true, false, 2},
 		{"1.36/body NONE trailers SKIP", Config{Version: Envoy136, Filter: edit(Control, Envoy136, trailersSkip)}, false, false, 2},
 		{"1.37/body NONE trailers SKIP", Config{Version: Envoy137, Filter: edit(Control, Envoy137, trailersSkip)}, false, true, 2},
 		{"1.36/response unprocessed", Config{Version: Envoy136, Filter: edit(Control, Envoy136, respUnprocessed)}, false, false, 1},
 		{"1.37/response unprocessed", Config{Version: Envoy137, Filter: edit(Control, Envoy137, respUnprocessed)}, false, true, 1},
-		{"1.37/observe, response unprocessed", Config{Version: Envoy137, DeferredCloseTimeout: time.Millisecond, Filter: edit(Observe, Envoy137, respUnprocessed)}, false, true, 1},
+		{"1.37/observe, response unprocessed", Config{Version: Envoy137, Filter: edit(Observe, Envoy137, respUnprocessed)}, false, true, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClient(t, tc.cfg, addr)
@@ -638,7 +638,7 @@ func TestLocalReplies(t *testing.T) {
 		{Config{Profile: Control, Version: Envoy137}, "[request_headers(eos=true) response_headers(eos=false)]"},
 		{Config{Profile: Control, Version: Envoy136, LocalReplies: LocalRepliesSent}, "[request_headers(eos=true) response_headers(eos=false)]"},
 		{Config{Profile: Control, Version: Envoy137, LocalReplies: LocalRepliesSkipped}, "[request_headers(eos=true)]"},
-		{Config{Profile: Observe, Version: Envoy137, DeferredCloseTimeout: time.Millisecond}, "[request_headers(eos=true) response_headers(eos=false)]"},
+		{Config{Profile: Observe, Version: Envoy137}, "[request_headers(eos=true) response_headers(eos=false)]"},
 	} {
 		t.Run(fmt.Sprintf("%v/%v/%v", tc.cfg.Version, tc.cfg.Profile, tc.cfg.LocalReplies), func(t *testing.T) {
 			c := newClient(t, tc.cfg, addr)
@@ -666,7 +666,9 @@ func TestLocalReplies(t *testing.T) {
 // max_message_timeout restarts the timer; a second one, or any without
 // max_message_timeout, is ignored.
 func TestOverrideMessageTimeout(t *testing.T) {
-	holder := &holdServer{hold: 150 * time.Millisecond, override: 2 * time.Second, overrides: 2}
+	// The server holds request_headers 1.5 s, past the 500 ms timer, after
+	// sending two overrides of 5 s.
+	holder := &holdServer{hold: 1500 * time.Millisecond, override: 5 * time.Second, overrides: 2}
 	addr := serve(t, holder)
 	for _, tc := range []struct {
 		name        string
@@ -676,7 +678,7 @@ func TestOverrideMessageTimeout(t *testing.T) {
 		wantReplied bool
 	}{
 		{"max unset: ignored, times out", 0, 0, 2, false},
-		{"max 5s: first applied, second ignored", 5 * time.Second, 1, 1, true},
+		{"max 10s: first applied, second ignored", 10 * time.Second, 1, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ep := shippedWith(t, Control, Envoy137, func(ep *filterv3.ExternalProcessor) {
@@ -684,7 +686,7 @@ func TestOverrideMessageTimeout(t *testing.T) {
 					ep.MaxMessageTimeout = durationpb.New(tc.max)
 				}
 			})
-			c := newClient(t, Config{Filter: ep, MessageTimeout: 50 * time.Millisecond}, addr)
+			c := newClient(t, Config{Filter: ep, MessageTimeout: 500 * time.Millisecond}, addr)
 			res := c.Do(context.Background(), sseRequest(1))
 			res.Wait()
 			if res.TimeoutOverrides != tc.applied || res.IgnoredOverrides != tc.ignored {

@@ -43,7 +43,9 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
+	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/test/envoy"
+	"github.com/inflight-dev/inflight/test/testutil"
 )
 
 type options struct {
@@ -440,24 +442,16 @@ func machine() string {
 }
 
 // freeAddr returns a free loopback port's address.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
 
 // startServer starts s on free loopback ports and returns its process
 // and gRPC address; stop kills it (its state is of no interest afterwards,
 // and a graceful drain would only lengthen the run).
 func startServer(o options, s server) (cmd *exec.Cmd, grpcAddr string, stop func(), err error) {
-	grpcAddr, err = freeAddr()
+	grpcAddr, err = testutil.FreeLoopbackAddr()
 	if err != nil {
 		return nil, "", nil, err
 	}
-	adminAddr, err := freeAddr()
+	adminAddr, err := testutil.FreeLoopbackAddr()
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -541,7 +535,7 @@ func measureExtras(o options, v envoy.Version, s server) (extrasReport, error) {
 		lat, reqs, failOpen, offered := openLoop(lc, o)
 		_ = lc.Close()
 		ex.OfferedRate, ex.LatencyRequests, ex.LatencyReplies, ex.LatencyFailOpen = offered, reqs, len(lat), failOpen
-		ex.LatencyP50Micros, ex.LatencyP99Micros = percentile(lat, 0.50), percentile(lat, 0.99)
+		ex.LatencyP50Micros, ex.LatencyP99Micros = latencyMicros(lat, 0.50), latencyMicros(lat, 0.99)
 	}
 	if o.openStreams > 0 {
 		hc, err := envoy.NewClient(envoy.Config{Version: envoy.Envoy136, Profile: envoy.Control, ConnsPerReplica: 4, MessageTimeout: 30 * time.Second}, addr)
@@ -724,12 +718,16 @@ func procStatusMiB(pid int, field string) (float64, error) {
 	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
 }
 
-func percentile(d []time.Duration, q float64) float64 {
+// latencyMicros is the q-quantile of d in microseconds (sim.Quantile, the
+// project's one quantile); 0 when d is empty.
+func latencyMicros(d []time.Duration, q float64) float64 {
 	if len(d) == 0 {
 		return 0
 	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := int(q * float64(len(s)-1))
-	return float64(s[i].Nanoseconds()) / 1e3
+	us := make([]float64, len(d))
+	for i, x := range d {
+		us[i] = float64(x.Nanoseconds()) / 1e3
+	}
+	slices.Sort(us)
+	return sim.Quantile(us, q)
 }

@@ -35,12 +35,22 @@ func SkipUnlessLong(t testing.TB) {
 // FreeAddr returns a 127.0.0.1 address whose port was free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := FreeLoopbackAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return addr
+}
+
+// FreeLoopbackAddr returns a 127.0.0.1 address whose port was free a moment
+// ago, for programs that have no testing.TB (the demo, the load generator).
+func FreeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 // Golden compares got with testdata/name, after rewriting the file first

@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -250,7 +251,11 @@ func (f *Fleet) Snapshot(now time.Time) Sample {
 	}
 	s.Completed = s.Served - s.InFlight
 	s.GPUHours = gpu * f.opt.Speed / 3600
-	s.P50, s.P99 = quantiles(f.waits)
+	if len(f.waits) > 0 {
+		w := slices.Clone(f.waits)
+		slices.Sort(w)
+		s.P50, s.P99 = sim.Quantile(w, 0.50), sim.Quantile(w, 0.99)
+	}
 	return s
 }
 
@@ -259,16 +264,6 @@ func (f *Fleet) Waits() []float64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]float64(nil), f.waits...)
-}
-
-func quantiles(xs []float64) (p50, p99 float64) {
-	if len(xs) == 0 {
-		return 0, 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	q := func(q float64) float64 { return s[min(len(s)-1, int(q*float64(len(s))))] }
-	return q(0.50), q(0.99)
 }
 
 // Run reconciles every Resync until ctx is done; it returns the first

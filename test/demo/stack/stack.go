@@ -18,6 +18,7 @@ import (
 
 	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/test/controlplane"
+	"github.com/inflight-dev/inflight/test/testutil"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 )
 
 // Names of the extproc Service the controllers discover, as in deploy/.
@@ -168,30 +170,20 @@ func (s *Stack) track(p *Proc) {
 // where the replica's admin port listens. No traffic leaves loopback.
 func endpointAddress(i int) string { return fmt.Sprintf("192.0.2.%d", 10+i%200) }
 
-// FreePort returns a free loopback address.
-func FreePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // StartExtproc starts extproc replica i and registers it as an endpoint of
 // the extproc Service.
 func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
-	grpcAddr, err := FreePort()
+	grpcAddr, err := testutil.FreeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
-	admin, err := FreePort()
+	admin, err := testutil.FreeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
 	name := fmt.Sprintf("inflight-extproc-%d", i)
 	p, err := StartProc(name, s.opt.Dir, s.opt.Bins.Extproc, "--grpc-listen", grpcAddr, "--admin-listen", admin,
-		"--replica-name", name, "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes")
+		"--replica-name", name, "--drain-delay", "0s", "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes")
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +220,7 @@ func (s *Stack) registerExtproc(ctx context.Context, name, host, admin, grpcAddr
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
 			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: SystemNamespace, Name: name}}},
-		Ports: []discoveryv1.EndpointPort{{Name: ptr("admin"), Port: ptr(int32(ap))}, {Name: ptr("grpc"), Port: ptr(int32(gp))}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("admin"), Port: ptr.To(int32(ap))}, {Name: ptr.To("grpc"), Port: ptr.To(int32(gp))}},
 	}
 	_, err := s.Client.DiscoveryV1().EndpointSlices(SystemNamespace).Create(ctx, es, metav1.CreateOptions{})
 	if err != nil {
@@ -236,8 +228,6 @@ func (s *Stack) registerExtproc(ctx context.Context, name, host, admin, grpcAddr
 	}
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // EnsureNamespace creates ns if absent.
 func EnsureNamespace(ctx context.Context, cs kubernetes.Interface, ns string) error {
@@ -250,7 +240,7 @@ func EnsureNamespace(ctx context.Context, cs kubernetes.Interface, ns string) er
 
 // StartController starts controller replica i.
 func (s *Stack) StartController(ctx context.Context, i int) (*Controller, error) {
-	admin, err := FreePort()
+	admin, err := testutil.FreeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}

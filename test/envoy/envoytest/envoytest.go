@@ -7,15 +7,20 @@ package envoytest
 import (
 	"fmt"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/test/envoy"
 )
 
 // Replica is one extproc server: a grpc.Server on its own 127.0.0.1 port.
@@ -24,10 +29,55 @@ type Replica struct {
 	Registry *prometheus.Registry
 	Server   *grpc.Server
 	Addr     string
+
+	undelivered sync.Map // harness stream tag → struct{}
+}
+
+// Undelivered reports whether grpc-go handed the server's handler nothing
+// at all on the harness stream tag before its end. grpc-go can deliver the
+// cancellation first when a stream's messages and its RST_STREAM are all
+// buffered before the handler's first read (ENVOY.md §2): a start the
+// server never saw, which only a server stall longer than the request
+// (plus any deferred close) causes. Checks may excuse such a start but must
+// report it; a stream whose handler did receive a message must be counted.
+func (r *Replica) Undelivered(tag uint64) bool {
+	_, ok := r.undelivered.Load(tag)
+	return ok
+}
+
+// observe records undelivered streams; it changes nothing.
+func (r *Replica) observe(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	var tag uint64
+	if md, ok := metadata.FromIncomingContext(ss.Context()); ok {
+		if v := md.Get(envoy.StreamTagHeader); len(v) == 1 {
+			tag, _ = strconv.ParseUint(v[0], 10, 64)
+		}
+	}
+	return h(srv, &firstRecv{ServerStream: ss, onFirst: func(err error) {
+		if err != nil {
+			r.undelivered.Store(tag, struct{}{})
+		}
+	}})
+}
+
+type firstRecv struct {
+	grpc.ServerStream
+	onFirst func(error)
+	done    bool
+}
+
+func (s *firstRecv) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if !s.done {
+		s.done = true
+		s.onFirst(err)
+	}
+	return err
 }
 
 // Start starts n replicas, stopped at the end of the test. opts are extra
-// grpc.ServerOptions (e.g. an interceptor making the server slow).
+// grpc.ServerOptions (e.g. an interceptor making the server slow); each
+// replica also chains an interceptor that only records Undelivered streams.
 func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
 	t.Helper()
 	reps := make([]*Replica, n)
@@ -42,11 +92,13 @@ func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gs := grpc.NewServer(opts...)
+		rep := &Replica{Tracker: tr, Registry: reg, Addr: lis.Addr().String()}
+		gs := grpc.NewServer(append(slices.Clone(opts), grpc.ChainStreamInterceptor(rep.observe))...)
 		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, extproc.ServerOptions{Metrics: m}))
+		rep.Server = gs
 		go func() { _ = gs.Serve(lis) }()
 		t.Cleanup(gs.Stop)
-		reps[i] = &Replica{Tracker: tr, Registry: reg, Server: gs, Addr: lis.Addr().String()}
+		reps[i] = rep
 	}
 	return reps
 }
@@ -140,23 +192,37 @@ func Violations(reps []*Replica) string {
 // cause (e.g. "stream_eof", "stream_canceled", "response_body_eos").
 func (r *Replica) EndCount(t testing.TB, cause string) float64 {
 	t.Helper()
+	return r.CounterSum(t, "inflight_extproc_request_ends_total", "cause", cause)
+}
+
+// CounterSum returns the sum of the replica's counter name over the series
+// whose labels include every label=value pair given (none: all series).
+func (r *Replica) CounterSum(t testing.TB, name string, labelValues ...string) float64 {
+	t.Helper()
 	mfs, err := r.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() != "inflight_extproc_request_ends_total" {
+		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cause" && l.GetValue() == cause {
-					return m.GetCounter().GetValue()
+			for i := 0; i+1 < len(labelValues); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || (l.GetName() == labelValues[i] && l.GetValue() == labelValues[i+1])
+				}
+				if !found {
+					continue series
 				}
 			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 // WaitInFlight polls (bounded by timeout) until the replicas together count
