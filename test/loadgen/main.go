@@ -538,7 +538,11 @@ func measureExtras(o options, v envoy.Version, s server) (extrasReport, error) {
 		ex.LatencyP50Micros, ex.LatencyP99Micros = latencyMicros(lat, 0.50), latencyMicros(lat, 0.99)
 	}
 	if o.openStreams > 0 {
-		hc, err := envoy.NewClient(envoy.Config{Version: envoy.Envoy136, Profile: envoy.Control, ConnsPerReplica: 4, MessageTimeout: 30 * time.Second}, addr)
+		// The servers allow 1,000 streams per connection (HTTP/2
+		// SETTINGS_MAX_CONCURRENT_STREAMS); Envoy opens more connections
+		// beyond it, the harness has them ready.
+		conns := (o.openStreams+999)/1000 + 1
+		hc, err := envoy.NewClient(envoy.Config{Version: envoy.Envoy136, Profile: envoy.Control, ConnsPerReplica: conns, MessageTimeout: 30 * time.Second}, addr)
 		if err != nil {
 			return ex, err
 		}

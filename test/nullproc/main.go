@@ -46,8 +46,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// cmd/extproc's grpcLimits with its default flags, so that both servers
+	// pay the same transport costs.
 	gs := grpc.NewServer(
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(1000),
+		grpc.MaxRecvMsgSize(4<<20),
+		grpc.MaxHeaderListSize(64<<10),
+		grpc.InitialWindowSize(64<<10),
+		grpc.InitialConnWindowSize(1<<20),
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second,
+			MaxConnectionIdle: 5 * time.Minute, MaxConnectionAge: 30 * time.Minute}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	extprocv3.RegisterExternalProcessorServer(gs, &envoy.NullProcessor{})
