@@ -2,6 +2,7 @@ package kube
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/scaling/collect"
 	"github.com/inflight-dev/inflight/test/testutil"
 )
 
@@ -35,15 +37,28 @@ func TestDemandOnlyFromLivePodsOfTheDeployment(t *testing.T) {
 	e.pod("victim", "victim-1")
 	e.deployment("other", fastAnn(), 1)
 	e.pod("other", "other-1")
+	e.deployment("plain", nil, 1) // not managed: its sums still reach OnTick (KEDA)
+	e.pod("plain", "plain-1")
 	a := e.replica("a")
-	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+	o := e.fastOptions("c1")
+	var mu sync.Mutex
+	var last collect.Result
+	o.OnTick = func(res collect.Result) { mu.Lock(); last = res; mu.Unlock() }
+	r := e.start(e.cfg, o, nil)
 	eventually(t, 30*time.Second, "leadership", r.c.Leading)
+	a.SetInFlight(e.ns, "plain", "plain-1", 2, time.Second)
+	a.SetInFlight(e.ns, "plain", "ghost-3", 50, time.Second)
+	eventually(t, 30*time.Second, "the unmanaged Deployment's live pod summed for OnTick, the ghost set aside", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return last.Workloads[collect.Workload{Namespace: e.ns, Name: "plain"}].InFlight == 2 && last.Unattributed == 50
+	})
 
 	a.SetInFlight(e.ns, "victim", "ghost-7", 40, time.Second)               // no such pod
 	a.SetInFlight(e.ns, "victim", "other-1", 40, time.Second)               // another Deployment's pod
 	a.SetInFlight("elsewhere-"+e.ns, "victim", "victim-1", 40, time.Second) // the victim's pod name, another namespace
 	eventually(t, 30*time.Second, "the forged claims seen and set aside", func() bool {
-		return r.metric(t, "inflight_controller_unattributed_in_flight", nil) >= 80
+		return r.metric(t, "inflight_controller_unattributed_in_flight", nil) >= 130
 	})
 	e.holds("victim", 1, 3*time.Second)
 	if w := r.workload(e.ns, "victim"); w == nil || w.Last == nil || w.Last.InFlight != 0 {

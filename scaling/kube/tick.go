@@ -66,6 +66,9 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 		return
 	}
 	res := c.fetch(ctx, t, v)
+	if c.opt.OnTick != nil {
+		c.opt.OnTick(res) // the KEDA external scaler's sums (scaling/keda)
+	}
 	// Issue 12's gates step (per-Service ready endpoints, hold and
 	// max-queue pushed to every extproc) fits here: after the fetch, with
 	// the view of the cluster and the endpoints just asked.

@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/scaling/collect"
@@ -61,9 +62,16 @@ func slimDeployment(obj any) (any, error) {
 // inflight.dev/target; stray: without) and the live pods of each managed
 // one, which decide what a snapshot's targets count for.
 type view struct {
+	c              *Controller
 	managed, stray []*appsv1.Deployment
 	pods           map[collect.Workload][]*corev1.Pod
 	live           map[liveKey]struct{}
+	// other caches, for this tick, the answers about Deployments inflight
+	// does not manage (their sums feed Options.OnTick, e.g. KEDA's
+	// external scaler): the selector of each (nil: no such Deployment),
+	// and whether a pod is a live pod of it.
+	other     map[collect.Workload]labels.Selector
+	otherLive map[liveKey]bool
 }
 
 type liveKey struct{ namespace, workload, pod string }
@@ -72,8 +80,42 @@ type liveKey struct{ namespace, workload, pod string }
 // its pod is a live pod of that Deployment: a claim for another
 // Deployment's or a made-up pod counts for nobody.
 func (v *view) attribute(t collect.Target) (collect.Workload, bool) {
-	_, ok := v.live[liveKey{t.Namespace, t.Workload, t.Pod}]
-	return collect.Workload{Namespace: t.Namespace, Name: t.Workload}, ok
+	w := collect.Workload{Namespace: t.Namespace, Name: t.Workload}
+	k := liveKey{t.Namespace, t.Workload, t.Pod}
+	if _, ok := v.live[k]; ok {
+		return w, true
+	}
+	if _, managed := v.pods[w]; managed || t.Namespace == "" || t.Workload == "" || t.Pod == "" {
+		return w, false
+	}
+	if ok, seen := v.otherLive[k]; seen {
+		return w, ok
+	}
+	ok := v.c.isLivePodOf(v, w, t.Pod)
+	v.otherLive[k] = ok
+	return w, ok
+}
+
+// isLivePodOf reports whether pod is a live pod of the Deployment w, which
+// inflight does not manage, from the informer caches.
+func (c *Controller) isLivePodOf(v *view, w collect.Workload, pod string) bool {
+	sel, seen := v.other[w]
+	if !seen {
+		if o, ok, err := c.deployIndexer.GetByKey(w.Namespace + "/" + w.Name); err == nil && ok {
+			if d, ok := o.(*appsv1.Deployment); ok && d.Spec.Selector != nil {
+				if s, err := metav1.LabelSelectorAsSelector(d.Spec.Selector); err == nil && !s.Empty() {
+					sel = s
+				}
+			}
+		}
+		v.other[w] = sel
+	}
+	if sel == nil {
+		return false
+	}
+	p, err := c.pods.Pods(w.Namespace).Get(pod)
+	return err == nil && sel.Matches(labels.Set(p.Labels)) &&
+		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 }
 
 // view reads the annotated Deployments and their pods from the informer
@@ -83,7 +125,8 @@ func (c *Controller) view() (v *view, ok bool) {
 	if err != nil {
 		return nil, false
 	}
-	v = &view{pods: map[collect.Workload][]*corev1.Pod{}, live: map[liveKey]struct{}{}}
+	v = &view{c: c, pods: map[collect.Workload][]*corev1.Pod{}, live: map[liveKey]struct{}{},
+		other: map[collect.Workload]labels.Selector{}, otherLive: map[liveKey]bool{}}
 	for _, o := range objs {
 		dep, ok := o.(*appsv1.Deployment)
 		if !ok {
