@@ -295,9 +295,9 @@ func (tr *Tracker) Sweep() int {
 	return evicted
 }
 
-// Len returns the number of target records, and how many of them count
+// size returns the number of target records, and how many of them count
 // toward MaxTargets.
-func (tr *Tracker) Len() (records, bounded int) {
+func (tr *Tracker) size() (records, bounded int) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	tr.targets.Range(func(_, _ any) bool { records++; return true })

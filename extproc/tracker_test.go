@@ -219,7 +219,7 @@ func TestTrackerEvictsIdleTargets(t *testing.T) {
 	if n := tr.Sweep(); n != 1 {
 		t.Fatalf("evicted %d at the TTL, want the idle one", n)
 	}
-	if recs, bounded := tr.Len(); recs != 1 || bounded != 1 {
+	if recs, bounded := tr.size(); recs != 1 || bounded != 1 {
 		t.Fatalf("after eviction: %d records, %d bounded; want the busy one only", recs, bounded)
 	}
 	c.Advance(time.Hour)
@@ -269,7 +269,7 @@ func TestTrackerBoundsPerNamespaceAndGlobal(t *testing.T) {
 	if r := recordOf(t, tr, mesh.Target{}, mesh.ReasonOverflow); r.InFlight != 2 {
 		t.Fatalf("global overflow holds %d, want 2", r.InFlight)
 	}
-	if _, bounded := tr.Len(); bounded != 10 {
+	if _, bounded := tr.size(); bounded != 10 {
 		t.Fatalf("%d bounded records, want exactly MaxTargets", bounded)
 	}
 	for i := range reqs {
@@ -326,7 +326,7 @@ func TestTrackerWeekOfRollouts(t *testing.T) {
 		if now%time.Minute == 0 {
 			tr.Sweep()
 		}
-		recs, _ := tr.Len()
+		recs, _ := tr.size()
 		peak = max(peak, recs)
 	}
 	for i := range open {

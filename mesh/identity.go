@@ -84,34 +84,48 @@ const XFCCHeader = "x-forwarded-client-cert"
 // trustworthy: with Envoy's APPEND_FORWARD, earlier ones are whatever the
 // caller sent. The results are substrings of v.
 func LastXFCCElement(v string) (by, uri string, ok bool) {
-	elem, ok := lastElement(v)
-	if !ok || elem == "" {
-		return "", "", false
-	}
+	// One pass: each element's pairs are read as they end; a ',' outside
+	// quotes starts a new element and forgets the previous one.
 	var nBy, nURI int
-	for elem != "" {
-		var pair string
-		pair, elem, ok = nextField(elem, ';')
-		if !ok {
-			return "", "", false
+	bad, empty := false, true
+	inQuote := false
+	start := 0 // start of the current pair
+	for i := 0; i <= len(v); i++ {
+		if i < len(v) {
+			switch c := v[i]; {
+			case inQuote:
+				if c == '\\' {
+					i++ // the escaped character
+				} else if c == '"' {
+					inQuote = false
+				}
+				continue
+			case c == '"':
+				inQuote = true
+				continue
+			case c != ';' && c != ',':
+				continue
+			}
 		}
+		pair := strings.TrimSpace(v[start:i])
 		k, val, hasEq := strings.Cut(pair, "=")
-		if !hasEq {
-			return "", "", false
-		}
-		k = strings.TrimSpace(k)
 		switch {
+		case !hasEq:
+			bad = true
 		case strings.EqualFold(k, "By"):
 			nBy++
 			by = val
 		case strings.EqualFold(k, "URI"):
 			nURI++
 			uri = val
-		default:
-			continue
 		}
+		empty = empty && pair == ""
+		if i < len(v) && v[i] == ',' { // a new element
+			nBy, nURI, by, uri, bad, empty = 0, 0, "", "", false, true
+		}
+		start = i + 1
 	}
-	if nBy != 1 || nURI != 1 {
+	if inQuote || bad || empty || nBy != 1 || nURI != 1 {
 		return "", "", false
 	}
 	if by, ok = unquote(by); !ok {
@@ -124,42 +138,6 @@ func LastXFCCElement(v string) (by, uri string, ok bool) {
 		return "", "", false
 	}
 	return by, uri, true
-}
-
-// lastElement returns the text after the last ',' that is outside double
-// quotes, trimmed of spaces. It fails on an unterminated quote.
-func lastElement(v string) (string, bool) {
-	start, inQuote := 0, false
-	for i := 0; i < len(v); i++ {
-		switch c := v[i]; {
-		case c == '\\' && inQuote:
-			i++ // the escaped character
-		case c == '"':
-			inQuote = !inQuote
-		case c == ',' && !inQuote:
-			start = i + 1
-		}
-	}
-	if inQuote {
-		return "", false
-	}
-	return strings.TrimSpace(v[start:]), true
-}
-
-// nextField splits s at the first sep outside double quotes.
-func nextField(s string, sep byte) (field, rest string, ok bool) {
-	inQuote := false
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '\\' && inQuote:
-			i++
-		case c == '"':
-			inQuote = !inQuote
-		case c == sep && !inQuote:
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", !inQuote
 }
 
 // unquote strips the double quotes of a quoted value. A value with an escape

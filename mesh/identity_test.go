@@ -81,7 +81,8 @@ func TestLastXFCCElement(t *testing.T) {
 		{"Istio's inbound sidecar element", own, extprocID, modelsID, true},
 		{"with DNS SANs", own + ";DNS=a.example;DNS=b.example", extprocID, modelsID, true},
 		{"quoted values", `By="` + extprocID + `";URI="` + modelsID + `"`, extprocID, modelsID, true},
-		{"lower-case keys and spaces", " by=" + extprocID + " ; uri=" + modelsID + " ", extprocID, modelsID, true},
+		{"lower-case keys and spaces between pairs", " by=" + extprocID + " ; uri=" + modelsID + " ", extprocID, modelsID, true},
+		{"no spaces around '='", "By =" + extprocID + ";URI=" + modelsID, "", "", false},
 		{"forged elements before ours: the last one counts",
 			"By=" + extprocID + ";URI=spiffe://cluster.local/ns/victim/sa/x," + own, extprocID, modelsID, true},
 		{"a forged element hidden in a quoted subject is one element",
@@ -231,4 +232,25 @@ func FuzzParseSPIFFE(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkXFCCIdentity is what the server does per request in xfcc mode
+// once it has the header value: read the last element, the SPIFFE ID, and
+// authorize the claim.
+func BenchmarkXFCCIdentity(b *testing.B) {
+	gw, _ := ParseCallerRule(gatewayID)
+	p := NewCallerPolicy("cluster.local", []CallerRule{gw})
+	xfcc := "By=" + extprocID + ";Hash=5f1e0c2a9d4b7e8f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081;Subject=\"\";URI=" + modelsID
+	tg := Target{Namespace: "models", Workload: "vllm", Service: "vllm", Pod: "vllm-0"}
+	b.ReportAllocs()
+	for b.Loop() {
+		by, uri, ok := LastXFCCElement(xfcc)
+		if !ok || by != extprocID {
+			b.Fatal("parse")
+		}
+		caller, _ := ParseSPIFFE(uri)
+		if p.Authorize(caller, tg) != ReasonNone {
+			b.Fatal("refused")
+		}
+	}
 }

@@ -56,6 +56,9 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 	begin := time.Now()
 	now := c.opt.Clock.Now()
 	res := c.fetch(ctx, t)
+	if c.opt.OnTick != nil {
+		c.opt.OnTick(res)
+	}
 	writes, ok := c.decide(t, res, now)
 	if !ok {
 		return

@@ -264,6 +264,7 @@ func everyOption() map[string]any {
 			"prometheus": map[string]any{"namespace": "observability", "podLabels": map[string]any{"app": "prom"}},
 		},
 		"monitoring": map[string]any{"labels": map[string]any{"release": "kps"}, "interval": "30s"},
+		"keda":       map[string]any{"enabled": true},
 		"dashboards": map[string]any{"labels": map[string]any{"grafana_dashboard": "1", "team": "ml"}},
 		"envoyFilters": []any{
 			map[string]any{"namespace": "models", "selector": map[string]any{"app": "vllm"}},
@@ -307,6 +308,9 @@ func TestChartValues(t *testing.T) {
 		{"node selector", get(ext, "spec", "template", "spec", "nodeSelector", "pool"), "system"},
 		{"pod annotation", get(ext, "spec", "template", "metadata", "annotations", "a"), "b"},
 		{"controller extproc namespace", slices.Contains(container(ctl)["args"].([]any), any("--extproc-namespace=ml-infra")), true},
+		{"keda listen", slices.Contains(container(ctl)["args"].([]any), any("--keda-listen=:9003")), true},
+		{"keda service port", get("Service ml-infra/inflight-controller-keda", "spec", "ports").([]any)[0].(map[string]any)["targetPort"], "keda"},
+		{"keda network policy", get("NetworkPolicy ml-infra/inflight-controller-keda", "spec", "ingress").([]any)[0].(map[string]any)["from"].([]any)[0].(map[string]any)["namespaceSelector"].(map[string]any)["matchLabels"].(map[string]any)["kubernetes.io/metadata.name"], "keda"},
 		{"controller extra arg", slices.Contains(container(ctl)["args"].([]any), any("--tick=2s")), true},
 		{"extproc drain", slices.Contains(container(ext)["args"].([]any), any("--drain-timeout=60s")), true},
 		{"extproc extra arg", slices.Contains(container(ext)["args"].([]any), any("--max-targets=5000")), true},
@@ -390,6 +394,7 @@ func TestChartSchema(t *testing.T) {
 		"bad gateway id":     {map[string]any{"mesh": map[string]any{"gatewayIdentities": []any{"istio-system/gw"}}}, "gatewayIdentities"},
 		"unparsable limit":   {map[string]any{"extproc": map[string]any{"resources": map[string]any{"requests": map[string]any{"cpu": "1", "memory": "1G"}, "limits": map[string]any{"memory": "1G"}}}}, "extproc.goMemLimit"},
 		"watch own ns":       {map[string]any{"controller": map[string]any{"watchNamespace": "inflight-system"}}, "watchNamespace must differ"},
+		"keda, 2 replicas":   {map[string]any{"keda": map[string]any{"enabled": true}}, "keda.enabled needs controller.replicas=1"},
 		"no namespace":       {map[string]any{"envoyFilters": []any{map[string]any{"selector": map[string]any{"a": "b"}}}}, "namespace is empty"},
 	} {
 		_, err := render(t, "inflight-system", c.vals)
