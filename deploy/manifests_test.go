@@ -152,13 +152,11 @@ func TestInstallConsistency(t *testing.T) {
 		}
 	}
 
-	// extproc: grace period beyond the drain timeout; no API token.
+	// extproc: the drain set explicitly and within the grace period; no
+	// API token.
 	var ext appsv1.Deployment
 	strictDecode(t, find(t, objs, "Deployment", "inflight-extproc"), &ext)
-	drain := flagDuration(t, ext.Spec.Template.Spec.Containers[0].Args, "--drain-timeout", 25*time.Second)
-	if g := time.Duration(ptr.Deref(ext.Spec.Template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second; g <= drain {
-		t.Errorf("extproc terminationGracePeriodSeconds %v ≤ --drain-timeout %v", g, drain)
-	}
+	drain := checkExtprocDrain(t, &ext)
 	if ptr.Deref(ext.Spec.Template.Spec.AutomountServiceAccountToken, true) {
 		t.Error("extproc mounts a ServiceAccount token it never uses")
 	}
@@ -277,22 +275,7 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 	if !hasPodName {
 		t.Errorf("%s: no POD_NAME from the downward API", d.Name)
 	}
-	// GOMEMLIMIT 85–90 % of the memory limit: the GC works harder before the
-	// kernel kills the container, with room for non-heap memory.
-	limit := c.Resources.Limits.Memory().Value()
-	gml := int64(-1)
-	for _, e := range c.Env {
-		if e.Name == "GOMEMLIMIT" {
-			if n, ok := strings.CutSuffix(e.Value, "MiB"); ok {
-				if v, err := strconv.ParseInt(n, 10, 64); err == nil {
-					gml = v << 20
-				}
-			}
-		}
-	}
-	if gml < limit*85/100 || gml > limit*90/100 {
-		t.Errorf("%s: GOMEMLIMIT %d bytes for a %d-byte limit: want 85–90 %% of it, in MiB", d.Name, gml, limit)
-	}
+	checkMemoryLimit(t, d.Name, c)
 	// The extproc is in the mesh (its sidecar authenticates the callers);
 	// the controller is not.
 	want := map[string]string{"inflight-extproc": "true", "inflight-controller": "false"}[d.Name]
@@ -314,6 +297,71 @@ type labelsSet map[string]string
 func (l labelsSet) Has(k string) bool              { _, ok := l[k]; return ok }
 func (l labelsSet) Get(k string) string            { return l[k] }
 func (l labelsSet) Lookup(k string) (string, bool) { v, ok := l[k]; return v, ok }
+
+// checkMemoryLimit checks how each binary learns its memory limit. The
+// extproc reads the container's limits.memory from $MEMORY_LIMIT (downward
+// API), checks that its bounds fit in 7/8 of it and sets its Go heap limit
+// there itself, so no GOMEMLIMIT is set. The controller has GOMEMLIMIT at
+// 85–90 % of its limit: the GC works harder before the kernel kills the
+// container, with room for non-heap memory.
+func checkMemoryLimit(t *testing.T, name string, c corev1.Container) {
+	t.Helper()
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	if name == "inflight-extproc" {
+		ml, ok := env["MEMORY_LIMIT"]
+		if rf := ml.ValueFrom; !ok || rf == nil || rf.ResourceFieldRef == nil || rf.ResourceFieldRef.Resource != "limits.memory" ||
+			rf.ResourceFieldRef.ContainerName != c.Name || !rf.ResourceFieldRef.Divisor.IsZero() {
+			t.Errorf("%s: MEMORY_LIMIT %+v: want the container's limits.memory in bytes (resourceFieldRef, no divisor)", name, ml)
+		}
+		if g, ok := env["GOMEMLIMIT"]; ok {
+			t.Errorf("%s: GOMEMLIMIT=%q: the binary sets the heap limit to 7/8 of $MEMORY_LIMIT itself", name, g.Value)
+		}
+		return
+	}
+	limit := c.Resources.Limits.Memory().Value()
+	gml := int64(-1)
+	if n, ok := strings.CutSuffix(env["GOMEMLIMIT"].Value, "MiB"); ok {
+		if v, err := strconv.ParseInt(n, 10, 64); err == nil {
+			gml = v << 20
+		}
+	}
+	if gml < limit*85/100 || gml > limit*90/100 {
+		t.Errorf("%s: GOMEMLIMIT %d bytes for a %d-byte limit: want 85–90 %% of it, in MiB", name, gml, limit)
+	}
+}
+
+// checkExtprocDrain checks the extproc's drain settings (issue 10.4):
+// --drain-delay and --drain-timeout are set explicitly (not left to the
+// binary's defaults), each within the binary's range, the delay at least the
+// README's 15 s EDS propagation margin and the timeout at least 5 min (long
+// LLM generations), and the pod's grace period is ≥ delay + timeout + 15 s,
+// so the process exits on its own before SIGKILL. It returns delay + timeout:
+// how long the sidecar must outlive the SIGTERM.
+func checkExtprocDrain(t *testing.T, ext *appsv1.Deployment) time.Duration {
+	t.Helper()
+	args := ext.Spec.Template.Spec.Containers[0].Args
+	for _, f := range []string{"--drain-delay=", "--drain-timeout="} {
+		if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, f) }) {
+			t.Errorf("extproc args %q: want %s set explicitly", args, f)
+		}
+	}
+	delay := flagDuration(t, args, "--drain-delay", 0)
+	timeout := flagDuration(t, args, "--drain-timeout", 0)
+	if delay < 15*time.Second || delay > 2*time.Minute {
+		t.Errorf("extproc --drain-delay=%v: want 15s (EDS propagation) to 2m (the binary's maximum)", delay)
+	}
+	if timeout < 5*time.Minute || timeout > time.Hour {
+		t.Errorf("extproc --drain-timeout=%v: want 5m (long LLM generations) to 1h (the binary's maximum)", timeout)
+	}
+	grace := time.Duration(ptr.Deref(ext.Spec.Template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second
+	if grace < delay+timeout+15*time.Second {
+		t.Errorf("extproc terminationGracePeriodSeconds %v: want ≥ --drain-delay %v + --drain-timeout %v + 15s", grace, delay, timeout)
+	}
+	return delay + timeout
+}
 
 func flagDuration(t *testing.T, args []string, name string, def time.Duration) time.Duration {
 	t.Helper()
@@ -538,8 +586,8 @@ func checkExtprocMesh(t *testing.T, objs []object, ext *appsv1.Deployment, drain
 		t.Errorf("extproc sidecar forwardedClientCert %v, want SANITIZE_SET (one XFCC element, the sidecar's own)", got)
 	}
 	grace := time.Duration(ptr.Deref(ext.Spec.Template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second
-	if d := pc.GetTerminationDrainDuration().AsDuration(); d < drain || d > grace {
-		t.Errorf("extproc sidecar terminationDrainDuration %v: want between --drain-timeout %v and the grace period %v", d, drain, grace)
+	if d := pc.GetTerminationDrainDuration().AsDuration(); d <= drain || d >= grace {
+		t.Errorf("extproc sidecar terminationDrainDuration %v: want more than --drain-delay + --drain-timeout (%v; the sidecar carries the streams until the extproc has cut them) and less than the grace period %v", d, drain, grace)
 	}
 	if got := ann["traffic.sidecar.istio.io/excludeInboundPorts"]; got != "9090" {
 		t.Errorf("extproc excludeInboundPorts %q, want 9090 (the admin port is read in plaintext by the controller and Prometheus)", got)

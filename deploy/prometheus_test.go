@@ -224,6 +224,20 @@ func controllerUnderTest(ctx context.Context, t *testing.T, reps []extprocReplic
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pods the load names: the controller counts only targets whose
+	// pod is a live pod of the Deployment.
+	for _, name := range []string{"vllm-7c9d5b6f4-k2x8p", "vllm-7c9d5b6f4-q9z4m"} {
+		p, err := cs.CoreV1().Pods("models").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "models", Labels: lbl},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "vllm:test"}}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status.Phase = corev1.PodRunning
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
+		if _, err := cs.CoreV1().Pods("models").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// EndpointSlices refuse loopback addresses: publish TEST-NET-1
 	// addresses with the real ports, and dial 127.0.0.1 with that port.
 	slice := func(name, addr string) {

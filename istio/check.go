@@ -8,23 +8,33 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/inflight-dev/inflight/mesh"
+	"github.com/inflight-dev/inflight/scaling"
 )
 
 // Checked is an EnvoyFilter that passed Check.
 type Checked struct {
 	Metadata metav1.ObjectMeta
 	Spec     *networking.EnvoyFilter
-	// Patches are in the document's order.
+	// Context is every patch's match context.
+	Context networking.EnvoyFilter_PatchContext
+	// Patches are the ext_proc patches, in the document's order.
 	Patches []CheckedPatch
+	// StreamTimeouts is the stream_idle_timeout = request_timeout that the
+	// filter's HTTP connection manager MERGE patches set (0: none).
+	StreamTimeouts time.Duration
 }
 
 // CheckedPatch is one patch of a Checked EnvoyFilter.
@@ -47,9 +57,17 @@ type envelope struct {
 // errors, in the object, in Istio's spec and in Envoy's typed_config), runs
 // go-control-plane's ValidateAll on each ext_proc configuration, and checks
 // what counting requires:
-//   - every patch is an HTTP_FILTER INSERT_BEFORE of the router, in the
-//     SIDECAR_INBOUND or GATEWAY context, matched by a proxyVersion that
-//     selects exactly one Generation, and every Generation has one patch;
+//   - every ext_proc patch is an HTTP_FILTER INSERT_BEFORE of the router,
+//     all in one context (SIDECAR_INBOUND, GATEWAY or SIDECAR_OUTBOUND; the
+//     outbound one pinned to a listener port), matched by a proxyVersion
+//     that selects exactly one Generation, and every Generation has one;
+//   - in an edge context (GATEWAY, SIDECAR_OUTBOUND) a NETWORK_FILTER MERGE
+//     of the HTTP connection manager per Generation may set
+//     stream_idle_timeout and request_timeout (the same value, nothing else);
+//   - the control profile can hold and answer locally: immediate_response is
+//     not disabled and, at the edge, max_message_timeout admits the longest
+//     hold (scaling.MaxHoldTimeout + HoldOverrideMargin); the outbound
+//     context runs only the control profile;
 //   - failure_mode_allow is true, the gRPC service is Istio's outbound
 //     cluster of a Service with an authority, message_timeout is set;
 //   - the request attributes are exactly mesh.RequestAttributes();
@@ -82,20 +100,40 @@ func Check(doc []byte) (*Checked, error) {
 		return nil, errors.New("spec.workloadSelector.labels: empty; the filter would apply to every workload of the namespace")
 	}
 	out := &Checked{Metadata: env.Metadata, Spec: spec}
-	seen := map[string]bool{}
-	var context networking.EnvoyFilter_PatchContext
+	seen, seenHCM := map[string]bool{}, map[string]bool{}
 	for i, p := range spec.GetConfigPatches() {
+		ctx := p.GetMatch().GetContext()
+		if i == 0 {
+			out.Context = ctx
+		} else if ctx != out.Context {
+			return nil, fmt.Errorf("spec.configPatches[%d]: context %s differs from the first patch's %s", i, ctx, out.Context)
+		}
+		if err := checkContext(p.GetMatch()); err != nil {
+			return nil, fmt.Errorf("spec.configPatches[%d]: %w", i, err)
+		}
+		if p.GetApplyTo() == networking.EnvoyFilter_NETWORK_FILTER {
+			g, d, err := checkHCMPatch(p)
+			if err != nil {
+				return nil, fmt.Errorf("spec.configPatches[%d]: %w", i, err)
+			}
+			if seenHCM[g.Name] {
+				return nil, fmt.Errorf("spec.configPatches[%d]: a second HTTP connection manager patch for %s", i, g.Name)
+			}
+			if len(seenHCM) > 0 && d != out.StreamTimeouts {
+				return nil, fmt.Errorf("spec.configPatches[%d]: stream timeouts %s differ from another generation's %s", i, d, out.StreamTimeouts)
+			}
+			seenHCM[g.Name], out.StreamTimeouts = true, d
+			continue
+		}
 		cp, err := checkPatch(p)
 		if err != nil {
 			return nil, fmt.Errorf("spec.configPatches[%d]: %w", i, err)
 		}
-		if i == 0 {
-			context = p.GetMatch().GetContext()
-		} else if p.GetMatch().GetContext() != context {
-			return nil, fmt.Errorf("spec.configPatches[%d]: context %s differs from the first patch's %s", i, p.GetMatch().GetContext(), context)
-		}
 		if seen[cp.Generation.Name] {
 			return nil, fmt.Errorf("spec.configPatches[%d]: a second patch for %s", i, cp.Generation.Name)
+		}
+		if err := checkEdgeProcessor(cp.Processor, ctx); err != nil {
+			return nil, fmt.Errorf("spec.configPatches[%d].patch.value.typed_config (%s): %w", i, cp.Generation.Name, err)
 		}
 		seen[cp.Generation.Name] = true
 		out.Patches = append(out.Patches, cp)
@@ -104,8 +142,135 @@ func Check(doc []byte) (*Checked, error) {
 		if !seen[g.Name] {
 			return nil, fmt.Errorf("spec.configPatches: no patch for %s (Istio %s)", g.Name, g.Istio)
 		}
+		if len(seenHCM) > 0 && !seenHCM[g.Name] {
+			return nil, fmt.Errorf("spec.configPatches: no HTTP connection manager patch for %s (Istio %s), while another generation has one", g.Name, g.Istio)
+		}
 	}
 	return out, nil
+}
+
+// edgeContext reports a context where requests can be held.
+func edgeContext(c networking.EnvoyFilter_PatchContext) bool {
+	return c == networking.EnvoyFilter_GATEWAY || c == networking.EnvoyFilter_SIDECAR_OUTBOUND
+}
+
+// checkContext checks the context and its listener match: an outbound
+// patch must name its listener's port.
+func checkContext(m *networking.EnvoyFilter_EnvoyConfigObjectMatch) error {
+	switch c := m.GetContext(); c {
+	case networking.EnvoyFilter_SIDECAR_INBOUND, networking.EnvoyFilter_GATEWAY:
+	case networking.EnvoyFilter_SIDECAR_OUTBOUND:
+		if m.GetListener().GetPortNumber() == 0 {
+			return errors.New("match.listener.portNumber: unset in SIDECAR_OUTBOUND; the filter would make every outbound HTTP request of the callers wait for the extproc")
+		}
+	default:
+		return fmt.Errorf("match.context %s, want SIDECAR_INBOUND, GATEWAY or SIDECAR_OUTBOUND", c)
+	}
+	return nil
+}
+
+// checkEdgeProcessor checks what holding and answering locally need of the
+// ext_proc configuration in context c (see Check).
+func checkEdgeProcessor(ep *extprocv3.ExternalProcessor, c networking.EnvoyFilter_PatchContext) error {
+	if ep.GetObservabilityMode() {
+		if c == networking.EnvoyFilter_SIDECAR_OUTBOUND {
+			return errors.New("observability_mode: true in SIDECAR_OUTBOUND; the outbound context exists to hold and shed (control profile); counting there would duplicate the inbound count")
+		}
+		return nil
+	}
+	if ep.GetDisableImmediateResponse() {
+		return errors.New("disable_immediate_response: true; hold timeouts and load shedding answer with immediate_response (503/429 with Retry-After)")
+	}
+	if !edgeContext(c) {
+		return nil
+	}
+	want := scaling.MaxHoldTimeout + HoldOverrideMargin
+	if got := ep.GetMaxMessageTimeout().AsDuration(); got < want {
+		return fmt.Errorf("max_message_timeout: %s; want at least %s (the longest hold-timeout %s + %s) so that Envoy honours the extproc's override_message_timeout for a held request (a shorter hold would end at message_timeout, fail-open, 503 no_healthy_upstream)",
+			got, want, scaling.FormatDuration(scaling.MaxHoldTimeout), HoldOverrideMargin)
+	}
+	return nil
+}
+
+// checkHCMPatch checks a NETWORK_FILTER MERGE of the HTTP connection
+// manager that sets only stream_idle_timeout and request_timeout, equal and
+// within MinStreamTimeouts..MaxStreamTimeouts, in an edge context, pinned to
+// one generation.
+func checkHCMPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (Generation, time.Duration, error) {
+	m := p.GetMatch()
+	if !edgeContext(m.GetContext()) {
+		return Generation{}, 0, fmt.Errorf("NETWORK_FILTER patch in %s; only the edge contexts (GATEWAY, SIDECAR_OUTBOUND) get stream timeouts", m.GetContext())
+	}
+	f := m.GetListener().GetFilterChain().GetFilter()
+	if f.GetName() != hcmFilter || f.GetSubFilter() != nil {
+		return Generation{}, 0, fmt.Errorf("match.listener.filterChain.filter: %q (subFilter %q), want %s alone", f.GetName(), f.GetSubFilter().GetName(), hcmFilter)
+	}
+	if op := p.GetPatch().GetOperation(); op != networking.EnvoyFilter_Patch_MERGE {
+		return Generation{}, 0, fmt.Errorf("patch.operation %s, want MERGE (the HTTP connection manager)", op)
+	}
+	g, err := patchGeneration(m)
+	if err != nil {
+		return Generation{}, 0, err
+	}
+	val := p.GetPatch().GetValue().GetFields()
+	for k := range val {
+		if k != "typed_config" {
+			return g, 0, fmt.Errorf("patch.value.%s: unknown field (want typed_config)", k)
+		}
+	}
+	h := &hcmv3.HttpConnectionManager{}
+	if err := decodeTypedConfig(val["typed_config"].GetStructValue(), hcmType, h); err != nil {
+		return g, 0, err
+	}
+	want := StreamTimeouts(h.GetStreamIdleTimeout().AsDuration())
+	if !proto.Equal(h, want) {
+		return g, 0, errors.New("patch.value.typed_config: want exactly stream_idle_timeout and request_timeout, equal (nothing else of the connection manager is changed)")
+	}
+	d := h.GetStreamIdleTimeout().AsDuration()
+	if !h.GetStreamIdleTimeout().IsValid() || d < MinStreamTimeouts || d > MaxStreamTimeouts {
+		return g, 0, fmt.Errorf("patch.value.typed_config.stream_idle_timeout: %s; want %s to %s", h.GetStreamIdleTimeout().AsDuration(), MinStreamTimeouts, MaxStreamTimeouts)
+	}
+	return g, d, nil
+}
+
+// patchGeneration is the Generation a patch's proxyVersion selects.
+func patchGeneration(m *networking.EnvoyFilter_EnvoyConfigObjectMatch) (Generation, error) {
+	pv := m.GetProxy().GetProxyVersion()
+	if pv == "" {
+		return Generation{}, errors.New("match.proxy.proxyVersion: empty; every patch must be pinned to a proxy generation")
+	}
+	re, err := regexp.Compile(pv)
+	if err != nil {
+		return Generation{}, fmt.Errorf("match.proxy.proxyVersion: %w", err)
+	}
+	gi := generationOf(re)
+	if gi < 0 {
+		return Generation{}, fmt.Errorf("match.proxy.proxyVersion %q does not select exactly one proxy generation", pv)
+	}
+	return Generations()[gi], nil
+}
+
+// decodeTypedConfig decodes a patch's typed_config of type typ into m,
+// strictly (an unknown field is an error).
+func decodeTypedConfig(tc *structpb.Struct, typ string, m proto.Message) error {
+	if tc == nil {
+		return errors.New("patch.value.typed_config: missing")
+	}
+	if t := tc.GetFields()["@type"].GetStringValue(); t != typ {
+		return fmt.Errorf("patch.value.typed_config.@type %q, want %s", t, typ)
+	}
+	tcJSON, err := protojson.Marshal(tc)
+	if err != nil {
+		return err
+	}
+	a := &anypb.Any{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(tcJSON, a); err != nil {
+		return fmt.Errorf("patch.value.typed_config: %w", err)
+	}
+	if err := a.UnmarshalTo(m); err != nil {
+		return fmt.Errorf("patch.value.typed_config: %w", err)
+	}
+	return nil
 }
 
 func checkPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (CheckedPatch, error) {
@@ -114,9 +279,6 @@ func checkPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (CheckedPatch,
 		return cp, fmt.Errorf("applyTo %s, want HTTP_FILTER", p.GetApplyTo())
 	}
 	m := p.GetMatch()
-	if c := m.GetContext(); c != networking.EnvoyFilter_SIDECAR_INBOUND && c != networking.EnvoyFilter_GATEWAY {
-		return cp, fmt.Errorf("match.context %s, want SIDECAR_INBOUND or GATEWAY", c)
-	}
 	f := m.GetListener().GetFilterChain().GetFilter()
 	if f.GetName() != hcmFilter || f.GetSubFilter().GetName() != routerFilter {
 		return cp, fmt.Errorf("match.listener.filterChain.filter: %q/%q, want %s/%s", f.GetName(), f.GetSubFilter().GetName(), hcmFilter, routerFilter)
@@ -124,19 +286,11 @@ func checkPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (CheckedPatch,
 	if op := p.GetPatch().GetOperation(); op != networking.EnvoyFilter_Patch_INSERT_BEFORE {
 		return cp, fmt.Errorf("patch.operation %s, want INSERT_BEFORE (the router)", op)
 	}
-	pv := m.GetProxy().GetProxyVersion()
-	if pv == "" {
-		return cp, errors.New("match.proxy.proxyVersion: empty; every patch must be pinned to a proxy generation")
-	}
-	re, err := regexp.Compile(pv)
+	g, err := patchGeneration(m)
 	if err != nil {
-		return cp, fmt.Errorf("match.proxy.proxyVersion: %w", err)
+		return cp, err
 	}
-	gi := generationOf(re)
-	if gi < 0 {
-		return cp, fmt.Errorf("match.proxy.proxyVersion %q does not select exactly one proxy generation", pv)
-	}
-	cp.Generation = Generations()[gi]
+	cp.Generation = g
 
 	val := p.GetPatch().GetValue().GetFields()
 	for k := range val {
@@ -147,24 +301,9 @@ func checkPatch(p *networking.EnvoyFilter_EnvoyConfigObjectPatch) (CheckedPatch,
 	if val["name"].GetStringValue() == "" {
 		return cp, errors.New("patch.value.name: empty")
 	}
-	tc := val["typed_config"].GetStructValue()
-	if tc == nil {
-		return cp, errors.New("patch.value.typed_config: missing")
-	}
-	if t := tc.GetFields()["@type"].GetStringValue(); t != extProcType {
-		return cp, fmt.Errorf("patch.value.typed_config.@type %q, want %s", t, extProcType)
-	}
-	tcJSON, err := protojson.Marshal(tc)
-	if err != nil {
-		return cp, err
-	}
-	a := &anypb.Any{}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(tcJSON, a); err != nil {
-		return cp, fmt.Errorf("patch.value.typed_config: %w", err)
-	}
 	ep := &extprocv3.ExternalProcessor{}
-	if err := a.UnmarshalTo(ep); err != nil {
-		return cp, fmt.Errorf("patch.value.typed_config: %w", err)
+	if err := decodeTypedConfig(val["typed_config"].GetStructValue(), extProcType, ep); err != nil {
+		return cp, err
 	}
 	if err := ep.ValidateAll(); err != nil {
 		return cp, fmt.Errorf("patch.value.typed_config: ValidateAll: %w", err)

@@ -99,6 +99,72 @@
 // the router (envoy#41769). Either way the stream ends at onDestroy: exact in
 // control, deferred_close_timeout late in observe.
 //
+// # Contexts: where demand is seen, and where it can be held
+//
+// SIDECAR_INBOUND (the default) counts requests that reached a model pod.
+// GATEWAY (--gateway) and SIDECAR_OUTBOUND (--outbound --port N, in the
+// sidecars of in-mesh callers) see every request for a Service before any
+// pod does, including while the workload has no ready endpoint: the edge.
+// Only there can the extproc hold a request (scale from zero) or shed it,
+// and only in the control profile (observability mode ignores replies).
+// The outbound context is control only and pinned to one Service port:
+// otherwise every outbound HTTP request of the callers would wait for the
+// extproc. Ambient mode has no sidecars and waypoints take no EnvoyFilter:
+// there the gateway context is the only one.
+//
+// # Holding: the timers Envoy runs on a held request
+//
+// Read from ext_proc.cc and processor_state.cc (function names as above)
+// and Istio's pilot/pkg/networking/core (listener_builder.go,
+// connection_settings.go, route/route.go):
+//   - The per-message timer. Filter::onHeaders starts message_timeout
+//     (ProcessorState::onStartProcessorCall). A ProcessingResponse with
+//     override_message_timeout is handled first in
+//     Filter::onReceiveMessage (the rest of that message is ignored):
+//     Filter::onNewTimeout accepts 1 ms to max_message_timeout (unset: every
+//     override is ignored) and ProcessorState::restartMessageTimer restarts
+//     the timer from that moment, once per message (new_timeout_received_;
+//     a second override, or one out of range, leaves the running timer and
+//     counts override_message_timeout_ignored). So a hold lasts at most
+//     max_message_timeout: the control profile sets MaxMessageTimeout (1 h,
+//     the field's maximum), the extproc asks for hold-timeout + 1 s and
+//     answers 503 + Retry-After (immediate_response) itself at the
+//     hold-timeout; the annotation's range ends at scaling.MaxHoldTimeout
+//     (59 m) so that the override always fits. On expiry
+//     (Filter::onMessageTimeout) the filter gives up on the extproc:
+//     fail-open, the request goes to the router, which answers 503
+//     no_healthy_upstream while the Service has no endpoint.
+//   - immediate_response (Filter::onReceiveMessage): onFinishProcessorCalls
+//     stops the timers, the stream is closed (closeStreamMaybeGraceful),
+//     then sendImmediateResponse sends the local reply with its status and
+//     header mutations (Retry-After), under the filter's mutation rules.
+//   - The HTTP connection manager's stream_idle_timeout: nothing resets it
+//     while a request is held. Istio sets it to 0 (off) on sidecars and
+//     gateways (buildHTTPConnectionManager). request_timeout runs until the
+//     request has passed every decoder filter: it runs while held; Istio
+//     leaves it unset. max_stream_duration runs from the stream's start;
+//     Istio leaves it unset on gateway and sidecar routes (setTimeout sets
+//     only timeout and max_grpc_timeout). On expiry the client gets 408 (504
+//     if the request was complete).
+//   - Istio ≥ 1.31 ProxyConfig.connectionSettings with profile EDGE sets, on
+//     gateways only (applyEdgeProfileDefaults), stream_idle_timeout and
+//     request_timeout to 5 min (and request_headers_timeout 60 s, which is
+//     over once the headers arrived). connectionSettings can also set
+//     httpStreamIdleTimeout, httpRequestTimeout, httpMaxStreamDuration
+//     directly. A hold longer than these ends at them: raise them
+//     (connectionSettings, or --stream-timeouts, which MERGEs both into the
+//     connection manager of the edge context).
+//   - The route timeout (VirtualService timeout, Istio's default 0 = off) and
+//     per-try timeouts start when the router has the whole request, i.e.
+//     after release: a hold does not use them up. Retries cannot help a
+//     request released before the proxy has an endpoint: host selection
+//     fails (503 no_healthy_upstream, UH) before any retry state exists.
+//   - Listener changes drain: editing this EnvoyFilter (or any change of the
+//     gateway's listener) drains the old connections for drainDuration
+//     (default 45 s) and then closes them, resetting held requests on them;
+//     a gateway pod's shutdown does the same after terminationDrainDuration
+//     (5 s). The downstream client's own timeout applies as well.
+//
 // Concurrency: everything here is a pure function of its arguments; no
 // package state.
 package istio

@@ -14,6 +14,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
 	"github.com/inflight-dev/inflight/mesh"
+	"github.com/inflight-dev/inflight/scaling"
 )
 
 var update = flag.Bool("update", false, "rewrite the rendered examples in examples/")
@@ -22,10 +23,12 @@ var update = flag.Bool("update", false, "rewrite the rendered examples in exampl
 func examples() map[string]Options {
 	vllm := map[string]string{"app": "vllm"}
 	return map[string]Options{
-		"observe-sidecar.yaml": {Namespace: "models", Selector: vllm},
-		"control-sidecar.yaml": {Namespace: "models", Selector: vllm, Profile: ProfileControl},
-		"observe-gateway.yaml": {Gateway: true},
-		"control-gateway.yaml": {Gateway: true, Profile: ProfileControl},
+		"observe-sidecar.yaml":                 {Namespace: "models", Selector: vllm},
+		"control-sidecar.yaml":                 {Namespace: "models", Selector: vllm, Profile: ProfileControl},
+		"observe-gateway.yaml":                 {Gateway: true},
+		"control-gateway.yaml":                 {Gateway: true, Profile: ProfileControl},
+		"control-gateway-stream-timeouts.yaml": {Gateway: true, Profile: ProfileControl, StreamTimeouts: 10 * time.Minute},
+		"control-outbound.yaml":                {Outbound: true, Namespace: "apps", Selector: map[string]string{"app": "chat-frontend"}, Port: 8000, Profile: ProfileControl},
 	}
 }
 
@@ -172,7 +175,9 @@ func TestCheckRejects(t *testing.T) {
 		{"overlapping versions", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ^1\..*$`, false, "exactly one"},
 		{"unpinned patch", `proxyVersion: ^1\.2[4-8]([.-].*)?$`, `proxyVersion: ""`, false, "proxyVersion"},
 		{"empty selector", "app: vllm", "{}", false, "workloadSelector"},
-		{"outbound context", "context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND", false, "SIDECAR_OUTBOUND"},
+		{"mixed contexts", "context: SIDECAR_INBOUND", "context: GATEWAY", false, "differs from the first patch's"},
+		{"outbound context without a port", "context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND", true, "portNumber"},
+		{"any context", "context: SIDECAR_INBOUND", "context: ANY", true, "want SIDECAR_INBOUND, GATEWAY or SIDECAR_OUTBOUND"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -314,6 +319,13 @@ func TestOptionsValidate(t *testing.T) {
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, DeferredCloseTimeout: time.Millisecond}, "--deferred-close-timeout"},
 		{Options{Gateway: true, Port: 80}, "--port"},
 		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, ExtprocPort: 70000}, "--extproc-port"},
+		{Options{Namespace: "apps", Selector: map[string]string{"app": "fe"}, Outbound: true, Profile: ProfileControl}, "--outbound without --port"},
+		{Options{Namespace: "apps", Selector: map[string]string{"app": "fe"}, Outbound: true, Port: 8000}, "--outbound with --profile=observe"},
+		{Options{Gateway: true, Outbound: true, Profile: ProfileControl}, "choose one context"},
+		{Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, Profile: ProfileControl, StreamTimeouts: time.Hour}, "only with --gateway or --outbound"},
+		{Options{Gateway: true, StreamTimeouts: time.Hour}, "only with --gateway or --outbound"},
+		{Options{Gateway: true, Profile: ProfileControl, StreamTimeouts: time.Second}, "--stream-timeouts=1s: want 10s to 24h0m0s"},
+		{Options{Gateway: true, Profile: ProfileControl, StreamTimeouts: 48 * time.Hour}, "--stream-timeouts"},
 	}
 	for _, tc := range bad {
 		err := tc.o.Validate()
@@ -337,15 +349,113 @@ func TestSelectorAndName(t *testing.T) {
 	if _, err := ParseSelector("app"); err == nil {
 		t.Error("ParseSelector accepted a key without value")
 	}
-	if got := defaultName(sel, false); got != "inflight-vllm-gpu" {
+	if got := (Options{Selector: sel}).defaultName(); got != "inflight-vllm-gpu" {
 		t.Errorf("defaultName = %q", got)
 	}
+	if got := (Options{Selector: sel, Outbound: true}).defaultName(); got != "inflight-outbound-vllm-gpu" {
+		t.Errorf("outbound defaultName = %q", got)
+	}
 	long := map[string]string{"a": strings.Repeat("x", 62), "b": "y"}
-	if got := defaultName(long, false); len(got) > 63 || strings.HasSuffix(got, "-") {
+	if got := (Options{Selector: long}).defaultName(); len(got) > 63 || strings.HasSuffix(got, "-") {
 		t.Errorf("defaultName = %q", got)
 	}
 	o := Options{Namespace: "models", Selector: sel, Port: 8000, Profile: ProfileControl}
 	if got, want := o.Command(), "inflightctl envoyfilter --namespace models --selector app=vllm,tier=gpu --profile control --port 8000"; got != want {
 		t.Errorf("Command = %q, want %q", got, want)
+	}
+}
+
+// TestCheckEdge proves the edge rules: the control profile at the edge must
+// admit the longest hold (max_message_timeout), answer locally
+// (immediate_response), pin the outbound listener's port and run control
+// there, and an HTTP connection manager MERGE may set only the two stream
+// timeouts, equal, in range, for every generation, at the edge only.
+func TestCheckEdge(t *testing.T) {
+	render := func(o Options) string {
+		t.Helper()
+		b, err := Render(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := Check(b)
+		if err != nil {
+			t.Fatalf("%+v does not pass: %v", o, err)
+		}
+		if c.StreamTimeouts != o.StreamTimeouts {
+			t.Fatalf("Checked.StreamTimeouts = %s, want %s", c.StreamTimeouts, o.StreamTimeouts)
+		}
+		return string(b)
+	}
+	gw := render(Options{Gateway: true, Profile: ProfileControl, StreamTimeouts: 10 * time.Minute})
+	out := render(Options{Outbound: true, Namespace: "apps", Selector: map[string]string{"app": "fe"}, Port: 8000, Profile: ProfileControl})
+	inbound := render(Options{Namespace: "models", Selector: map[string]string{"app": "vllm"}, Profile: ProfileControl})
+	hcmPatch := gw[strings.Index(gw, "  - applyTo: NETWORK_FILTER") : strings.Index(gw, "          stream_idle_timeout: 600s\n")+len("          stream_idle_timeout: 600s\n")]
+	cases := []struct {
+		name, doc, old, new string
+		all                 bool
+		wantErr             string
+	}{
+		{"gateway: overrides ignored", gw, "          max_message_timeout: 3600s\n", "", true, "max_message_timeout: 0s"},
+		{"gateway: max too short", gw, "max_message_timeout: 3600s", "max_message_timeout: 300s", true, "want at least 59m1s"},
+		{"outbound: max too short", out, "max_message_timeout: 3600s", "max_message_timeout: 60s", true, "max_message_timeout"},
+		{"immediate_response disabled", inbound, "failure_mode_allow: true", "failure_mode_allow: true\n          disable_immediate_response: true", false, "disable_immediate_response"},
+		{"outbound: no port", out, "        portNumber: 8000\n", "", true, "portNumber"},
+		{"outbound: observe", out, "          max_message_timeout: 3600s\n", "          deferred_close_timeout: 0.100s\n          observability_mode: true\n", true, "observability_mode"},
+		{"timeouts differ", gw, "request_timeout: 600s", "request_timeout: 300s", false, "want exactly stream_idle_timeout and request_timeout"},
+		{"timeouts: another field", gw, "request_timeout: 600s", "request_timeout: 600s\n          use_remote_address: true", false, "want exactly"},
+		{"timeouts: unknown field", gw, "request_timeout: 600s", "request_timeout: 600s\n          request_timeot: 1s", false, "request_timeot"},
+		{"timeouts: too short", gw, "_timeout: 600s", "_timeout: 5s", true, "want 10s to 24h0m0s"},
+		{"timeouts: not a merge", gw, "operation: MERGE", "operation: REPLACE", false, "want MERGE"},
+		{"timeouts: one generation only", gw, hcmPatch, "", false, "no HTTP connection manager patch for"},
+		{"timeouts: inbound", inbound, "  priority: 10", strings.ReplaceAll(hcmPatch, "GATEWAY", "SIDECAR_INBOUND") + "  priority: 10", false, "only the edge contexts"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			n := 1
+			if tc.all {
+				n = -1
+			}
+			mut := strings.Replace(tc.doc, tc.old, tc.new, n)
+			if mut == tc.doc {
+				t.Fatalf("mutation %q did not apply", tc.old)
+			}
+			_, err := Check([]byte(mut))
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Check = %v, want an error mentioning %q", err, tc.wantErr)
+			}
+		})
+	}
+	// An inbound control filter needs no max_message_timeout (the extproc
+	// never holds there), and observe at the gateway needs none either.
+	if _, err := Check([]byte(strings.Replace(inbound, "          max_message_timeout: 3600s\n", "", -1))); err != nil {
+		t.Errorf("inbound control without max_message_timeout rejected: %v", err)
+	}
+	if _, err := Check([]byte(render(Options{Gateway: true}))); err != nil {
+		t.Errorf("observe gateway rejected: %v", err)
+	}
+}
+
+// TestHoldTimeoutFitsMessageTimeout: the longest hold-timeout the
+// annotation accepts, plus the margin, is an override Envoy honours under
+// the rendered max_message_timeout; a longer one is rejected by the
+// annotation parser.
+func TestHoldTimeoutFitsMessageTimeout(t *testing.T) {
+	if scaling.MaxHoldTimeout+HoldOverrideMargin > MaxMessageTimeout {
+		t.Fatalf("scaling.MaxHoldTimeout %s + %s > max_message_timeout %s", scaling.MaxHoldTimeout, HoldOverrideMargin, MaxMessageTimeout)
+	}
+	ok := map[string]string{scaling.AnnotationPrefix + scaling.AnnTarget: "1", scaling.AnnotationPrefix + scaling.AnnHoldTimeout: scaling.FormatDuration(scaling.MaxHoldTimeout)}
+	if _, err := scaling.ParseAnnotations(ok); err != nil {
+		t.Fatalf("the longest hold-timeout is rejected: %v", err)
+	}
+	ok[scaling.AnnotationPrefix+scaling.AnnHoldTimeout] = scaling.FormatDuration(scaling.MaxHoldTimeout + time.Second)
+	if _, err := scaling.ParseAnnotations(ok); err == nil {
+		t.Fatal("a hold-timeout above scaling.MaxHoldTimeout is accepted")
+	}
+	ep := ExternalProcessor(Options{Gateway: true, Profile: ProfileControl}, Generations()[0])
+	if got := ep.GetMaxMessageTimeout().AsDuration(); got != MaxMessageTimeout {
+		t.Fatalf("control max_message_timeout %s, want %s", got, MaxMessageTimeout)
+	}
+	if err := ep.ValidateAll(); err != nil {
+		t.Fatalf("MaxMessageTimeout is not a valid max_message_timeout: %v", err)
 	}
 }

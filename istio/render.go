@@ -10,8 +10,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -21,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/inflight-dev/inflight/mesh"
+	"github.com/inflight-dev/inflight/scaling"
 )
 
 // Profile is an install profile (DESIGN.md § ext_proc semantics).
@@ -64,6 +67,22 @@ const (
 	// default ingress gateway.
 	DefaultGatewayNamespace = "istio-system"
 
+	// MaxMessageTimeout is the control profile's max_message_timeout: the
+	// longest wait for one reply that the extproc may ask for with an
+	// override_message_timeout (Envoy ignores a longer one, and every one
+	// when the field is unset), and the largest value Envoy accepts for the
+	// field. The extproc asks for hold-timeout + HoldOverrideMargin when it
+	// holds a request at the edge; scaling.MaxHoldTimeout keeps that within.
+	MaxMessageTimeout = time.Hour
+	// HoldOverrideMargin is how much longer than the hold-timeout the
+	// extproc extends Envoy's timer, so that the extproc's own 503 with
+	// Retry-After, sent at the hold-timeout, arrives before Envoy's timer
+	// fires (which would continue fail-open to a Service with no endpoint).
+	HoldOverrideMargin = time.Second
+	// MinStreamTimeouts and MaxStreamTimeouts bound --stream-timeouts.
+	MinStreamTimeouts = 10 * time.Second
+	MaxStreamTimeouts = 24 * time.Hour
+
 	// FilterName is the name the ext_proc filter gets in the HTTP
 	// connection manager (what config_dump shows). The attributes Envoy
 	// sends are keyed by mesh.AttributesKey whatever this is.
@@ -76,6 +95,7 @@ const (
 	Priority = 10
 
 	extProcType   = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+	hcmType       = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 	hcmFilter     = "envoy.filters.network.http_connection_manager"
 	routerFilter  = "envoy.filters.http.router"
 	apiVersion    = "networking.istio.io/v1alpha3"
@@ -100,9 +120,21 @@ type Options struct {
 	// Gateway inserts the filter into a gateway (context GATEWAY) instead
 	// of the workloads' inbound sidecars (SIDECAR_INBOUND).
 	Gateway bool
+	// Outbound inserts the filter into the outbound listener of Port in
+	// the sidecars of in-mesh callers (context SIDECAR_OUTBOUND, selected
+	// by Selector in Namespace): an edge that exists while the model
+	// workload is at zero. Control profile only, Port required.
+	Outbound bool
 	// Port, when set, limits a sidecar patch to the inbound filter chain of
-	// that container port (the model server's port).
+	// that container port (the model server's port); with Outbound it is
+	// the Service port whose outbound listener gets the filter.
 	Port uint32
+	// StreamTimeouts, when set (edge contexts, control profile), adds an
+	// HTTP connection manager MERGE setting stream_idle_timeout and
+	// request_timeout to this value: both run while a request is held
+	// (Istio ≥ 1.31's EDGE connection profile sets them to 5 min on
+	// gateways). Leave it 0 when they are unset (Istio's default).
+	StreamTimeouts time.Duration
 
 	// The extproc Service (port named grpc, appProtocol grpc).
 	ExtprocService, ExtprocNamespace string
@@ -137,16 +169,32 @@ func (o *Options) applyDefaults() {
 		o.DeferredCloseTimeout = DefaultDeferredCloseTimeout
 	}
 	if o.Name == "" {
-		o.Name = defaultName(o.Selector, o.Gateway)
+		o.Name = o.defaultName()
 	}
 }
 
-// defaultName is inflight-<sorted selector values>, or inflight-gateway,
-// cut to a valid object name.
-func defaultName(sel map[string]string, gateway bool) string {
-	if gateway {
+// edge reports a context that sees a request before any model pod does
+// (GATEWAY, SIDECAR_OUTBOUND): where requests can be held.
+func (o Options) edge() bool { return o.Gateway || o.Outbound }
+
+// context is the EnvoyFilter patch context of o.
+func (o Options) context() networking.EnvoyFilter_PatchContext {
+	switch {
+	case o.Gateway:
+		return networking.EnvoyFilter_GATEWAY
+	case o.Outbound:
+		return networking.EnvoyFilter_SIDECAR_OUTBOUND
+	}
+	return networking.EnvoyFilter_SIDECAR_INBOUND
+}
+
+// defaultName is inflight-<sorted selector values> (inflight-outbound-…
+// for callers' sidecars), or inflight-gateway, cut to a valid object name.
+func (o Options) defaultName() string {
+	if o.Gateway {
 		return "inflight-gateway"
 	}
+	sel := o.Selector
 	keys := make([]string, 0, len(sel))
 	for k := range sel {
 		keys = append(keys, k)
@@ -154,6 +202,9 @@ func defaultName(sel map[string]string, gateway bool) string {
 	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString("inflight")
+	if o.Outbound {
+		b.WriteString("-outbound")
+	}
 	for _, k := range keys {
 		b.WriteByte('-')
 		for _, r := range strings.ToLower(sel[k]) {
@@ -200,6 +251,23 @@ func (o Options) Validate() error {
 	}
 	if o.Gateway && o.Port != 0 {
 		errs = append(errs, fmt.Errorf("--port=%d: only for a sidecar (without --gateway)", o.Port))
+	}
+	if o.Gateway && o.Outbound {
+		errs = append(errs, errors.New("--gateway and --outbound: choose one context"))
+	}
+	if o.Outbound && o.Port == 0 {
+		errs = append(errs, errors.New("--outbound without --port: want the model Service's port (the filter would otherwise make every outbound HTTP request of the callers wait for the extproc)"))
+	}
+	if o.Outbound && o.Profile != ProfileControl {
+		errs = append(errs, fmt.Errorf("--outbound with --profile=%s: want control (the outbound context exists to hold and shed; counting there would duplicate the model pods' inbound count)", o.Profile))
+	}
+	if o.StreamTimeouts != 0 {
+		if !o.edge() || o.Profile != ProfileControl {
+			errs = append(errs, fmt.Errorf("--stream-timeouts=%s: only with --gateway or --outbound and --profile control (where requests are held)", o.StreamTimeouts))
+		}
+		if o.StreamTimeouts < MinStreamTimeouts || o.StreamTimeouts > MaxStreamTimeouts {
+			errs = append(errs, fmt.Errorf("--stream-timeouts=%s: want %s to %s, at least your longest hold-timeout + %s", o.StreamTimeouts, MinStreamTimeouts, MaxStreamTimeouts, HoldOverrideMargin))
+		}
 	}
 	if e := validation.IsDNS1035Label(o.ExtprocService); len(e) > 0 {
 		errs = append(errs, fmt.Errorf("--extproc-service=%q: %s", o.ExtprocService, strings.Join(e, "; ")))
@@ -250,6 +318,15 @@ func (o Options) ClusterName() string {
 // control makes Envoy wait for the two header replies (each bounded by
 // message_timeout) and ends exactly.
 //
+// control also sets max_message_timeout to MaxMessageTimeout, in every
+// context, so one filter configuration serves every context: at the edge
+// (gateway, callers' outbound sidecars) the extproc holds the
+// request_headers reply of a request to a workload with no ready endpoint
+// and extends Envoy's per-message timer once, to hold-timeout +
+// HoldOverrideMargin (Filter::onNewTimeout accepts 1 ms to
+// max_message_timeout, once per message: ProcessorState::
+// restartMessageTimer); on the inbound sidecar the extproc never asks.
+//
 // Only the x-request-id header is forwarded (forward_rules): the extproc
 // reads no header values, so no user data in headers leaves the proxy.
 //
@@ -283,21 +360,20 @@ func ExternalProcessor(o Options, _ Generation) *extprocv3.ExternalProcessor {
 	if o.Profile != ProfileControl {
 		ep.ObservabilityMode = true
 		ep.DeferredCloseTimeout = durationpb.New(o.DeferredCloseTimeout)
+	} else {
+		ep.MaxMessageTimeout = durationpb.New(MaxMessageTimeout)
 	}
 	return ep
 }
 
-// Spec returns the EnvoyFilter spec: one HTTP_FILTER patch per Generation,
-// inserting the ext_proc filter before the router.
+// Spec returns the EnvoyFilter spec: per Generation, one HTTP_FILTER patch
+// inserting the ext_proc filter before the router, and, with
+// StreamTimeouts, one NETWORK_FILTER MERGE of the HTTP connection manager.
 func Spec(o Options) (*networking.EnvoyFilter, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	o.applyDefaults()
-	ctx := networking.EnvoyFilter_SIDECAR_INBOUND
-	if o.Gateway {
-		ctx = networking.EnvoyFilter_GATEWAY
-	}
 	spec := &networking.EnvoyFilter{
 		WorkloadSelector: &networking.WorkloadSelector{Labels: o.Selector},
 		Priority:         Priority,
@@ -309,29 +385,69 @@ func Spec(o Options) (*networking.EnvoyFilter, error) {
 		}
 		spec.ConfigPatches = append(spec.ConfigPatches, &networking.EnvoyFilter_EnvoyConfigObjectPatch{
 			ApplyTo: networking.EnvoyFilter_HTTP_FILTER,
-			Match: &networking.EnvoyFilter_EnvoyConfigObjectMatch{
-				Context: ctx,
-				Proxy:   &networking.EnvoyFilter_ProxyMatch{ProxyVersion: g.ProxyVersion},
-				ObjectTypes: &networking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{Listener: &networking.EnvoyFilter_ListenerMatch{
-					FilterChain: &networking.EnvoyFilter_ListenerMatch_FilterChainMatch{
-						DestinationPort: o.Port,
-						Filter: &networking.EnvoyFilter_ListenerMatch_FilterMatch{
-							Name:      hcmFilter,
-							SubFilter: &networking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: routerFilter},
-						},
-					},
-				}},
-			},
-			Patch: &networking.EnvoyFilter_Patch{Operation: networking.EnvoyFilter_Patch_INSERT_BEFORE, Value: value},
+			Match:   o.listenerMatch(g, &networking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: routerFilter}),
+			Patch:   &networking.EnvoyFilter_Patch{Operation: networking.EnvoyFilter_Patch_INSERT_BEFORE, Value: value},
 		})
+		if o.StreamTimeouts > 0 {
+			value, err := hcmValue(StreamTimeouts(o.StreamTimeouts))
+			if err != nil {
+				return nil, err
+			}
+			spec.ConfigPatches = append(spec.ConfigPatches, &networking.EnvoyFilter_EnvoyConfigObjectPatch{
+				ApplyTo: networking.EnvoyFilter_NETWORK_FILTER,
+				Match:   o.listenerMatch(g, nil),
+				Patch:   &networking.EnvoyFilter_Patch{Operation: networking.EnvoyFilter_Patch_MERGE, Value: value},
+			})
+		}
 	}
 	return spec, nil
 }
 
-// filterValue is the patch value {name, typed_config} with the typed
-// config in Envoy's JSON form (proto field names, @type first).
-func filterValue(ep *extprocv3.ExternalProcessor) (*structpb.Struct, error) {
-	a, err := anypb.New(ep)
+// listenerMatch matches the HTTP connection manager (and sub, when set) of
+// o's context on proxies of generation g: on the inbound sidecar the filter
+// chain of container port Port (any when 0), on the outbound sidecar the
+// listener of Service port Port, on a gateway every HTTP listener.
+func (o Options) listenerMatch(g Generation, sub *networking.EnvoyFilter_ListenerMatch_SubFilterMatch) *networking.EnvoyFilter_EnvoyConfigObjectMatch {
+	lm := &networking.EnvoyFilter_ListenerMatch{
+		FilterChain: &networking.EnvoyFilter_ListenerMatch_FilterChainMatch{
+			Filter: &networking.EnvoyFilter_ListenerMatch_FilterMatch{Name: hcmFilter, SubFilter: sub},
+		},
+	}
+	if o.Outbound {
+		lm.PortNumber = o.Port
+	} else {
+		lm.FilterChain.DestinationPort = o.Port
+	}
+	return &networking.EnvoyFilter_EnvoyConfigObjectMatch{
+		Context:     o.context(),
+		Proxy:       &networking.EnvoyFilter_ProxyMatch{ProxyVersion: g.ProxyVersion},
+		ObjectTypes: &networking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{Listener: lm},
+	}
+}
+
+// StreamTimeouts is the HTTP connection manager fragment that
+// --stream-timeouts merges: the two HCM clocks that run while a request is
+// held (istio/doc.go, "Clocks on a held request").
+func StreamTimeouts(d time.Duration) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StreamIdleTimeout: durationpb.New(d),
+		RequestTimeout:    durationpb.New(d),
+	}
+}
+
+// hcmValue is a MERGE patch value {typed_config} in Envoy's JSON form.
+func hcmValue(h *hcmv3.HttpConnectionManager) (*structpb.Struct, error) {
+	tc, err := typedConfig(h)
+	if err != nil {
+		return nil, err
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{"typed_config": structpb.NewStructValue(tc)}}, nil
+}
+
+// typedConfig is m as an Any in Envoy's JSON form (proto field names,
+// @type first).
+func typedConfig(m proto.Message) (*structpb.Struct, error) {
+	a, err := anypb.New(m)
 	if err != nil {
 		return nil, err
 	}
@@ -341,6 +457,16 @@ func filterValue(ep *extprocv3.ExternalProcessor) (*structpb.Struct, error) {
 	}
 	tc := &structpb.Struct{}
 	if err := protojson.Unmarshal(js, tc); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// filterValue is the patch value {name, typed_config} with the typed
+// config in Envoy's JSON form (proto field names, @type first).
+func filterValue(ep *extprocv3.ExternalProcessor) (*structpb.Struct, error) {
+	tc, err := typedConfig(ep)
+	if err != nil {
 		return nil, err
 	}
 	// protojson omits enum zero values; the body modes (NONE) are the heart
@@ -409,10 +535,16 @@ func (o Options) Command() string {
 	if o.Gateway {
 		args = append(args, "--gateway")
 	}
+	if o.Outbound {
+		args = append(args, "--outbound")
+	}
 	if o.Port != 0 {
 		args = append(args, fmt.Sprintf("--port %d", o.Port))
 	}
-	if o.Name != defaultName(o.Selector, o.Gateway) {
+	if o.StreamTimeouts != 0 {
+		args = append(args, "--stream-timeouts "+scaling.FormatDuration(o.StreamTimeouts))
+	}
+	if o.Name != o.defaultName() {
 		args = append(args, "--name "+o.Name)
 	}
 	d := Options{}

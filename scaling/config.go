@@ -45,6 +45,11 @@ const (
 	// stream idle and request timeouts that Istio's EDGE connection profile
 	// sets on gateways (a longer hold needs those raised).
 	DefaultHoldTimeout = 4 * time.Minute
+	// MaxHoldTimeout is the longest hold-timeout: the extproc extends
+	// Envoy's per-message timer to hold-timeout + 1 s with one
+	// override_message_timeout, which Envoy honours only up to the filter's
+	// max_message_timeout, itself at most 1 h (istio.MaxMessageTimeout).
+	MaxHoldTimeout = 59 * time.Minute
 	// DefaultColdStartLead is the lead time used when neither the
 	// cold-start annotation nor a learned value is known: two minutes, the
 	// order of loading a model of several GB onto a GPU.
@@ -233,7 +238,7 @@ var annotationTable = []annotation{
 	{name: AnnMaxQueue, kind: kindNumber, lo: 0, loOpen: true, hi: 1e6, word: "off", def: "off",
 		meaning: "validated and kept, but **not enforced yet**: load shedding in the control profile is not implemented",
 		field:   func(c *Config) any { return &c.MaxQueue }},
-	{name: AnnHoldTimeout, kind: kindDuration, lo: 1, hi: hour, def: "4m", defValue: DefaultHoldTimeout.Seconds(),
+	{name: AnnHoldTimeout, kind: kindDuration, lo: 1, hi: MaxHoldTimeout.Seconds(), def: "4m", defValue: DefaultHoldTimeout.Seconds(),
 		meaning: "how long a request to a workload at zero may be held at the edge before a 503 with `Retry-After`; validated and kept, **not enforced yet** (scale-from-zero holding is not implemented); 4m: two default cold starts, under the 5-minute timeouts of Istio's EDGE connection profile",
 		field:   func(c *Config) any { return &c.HoldTimeout }},
 }

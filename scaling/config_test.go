@@ -87,9 +87,9 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{"cold-start negative", "cold-start", "-1s", "between 0s and 1h"},
 		{"cold-start junk", "cold-start", "fast", "duration"},
 		{"max-queue zero", "max-queue", "0", `"off" or a number > 0`},
-		{"hold-timeout short", "hold-timeout", "500ms", "between 1s and 1h"},
-		{"hold-timeout long", "hold-timeout", "2h", "between 1s and 1h"},
-		{"hold-timeout off is not a word", "hold-timeout", "off", "between 1s and 1h"},
+		{"hold-timeout short", "hold-timeout", "500ms", "between 1s and 59m"},
+		{"hold-timeout long", "hold-timeout", "1h", "between 1s and 59m"},
+		{"hold-timeout off is not a word", "hold-timeout", "off", "between 1s and 59m"},
 		{"unknown name", "max-replica", "5", "one of inflight.dev/{target,"},
 	}
 	for _, c := range cases {

@@ -18,14 +18,17 @@ import (
 	"time"
 
 	"github.com/go-logr/zapr"
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/inflight-dev/inflight/scaling/keda"
 	"github.com/inflight-dev/inflight/scaling/kube"
 )
 
@@ -70,7 +73,22 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ctrl, err := kube.New(cs, opts.kube(), log, kube.NewMetrics(reg))
+	kopts := opts.kube()
+	var kedaSrv *grpc.Server
+	if opts.KEDAListen != "" {
+		ks := keda.New(nil)
+		kopts.OnTick = ks.Update
+		kl, err := net.Listen("tcp", opts.KEDAListen)
+		if err != nil {
+			return fmt.Errorf("--keda-listen: %w", err)
+		}
+		kedaSrv = grpc.NewServer()
+		externalscaler.RegisterExternalScalerServer(kedaSrv, ks)
+		go func() { _ = kedaSrv.Serve(kl) }()
+		defer kedaSrv.Stop()
+		log.Info("serving KEDA's external scaler API", zap.String("keda", kl.Addr().String()))
+	}
+	ctrl, err := kube.New(cs, kopts, log, kube.NewMetrics(reg))
 	if err != nil {
 		return err
 	}

@@ -28,9 +28,12 @@ type Options struct {
 	// local demo and the e2e test run every extproc on 127.0.0.1, which an
 	// EndpointSlice may not hold.
 	SnapshotDialHost string
-	KubeQPS          float64
-	KubeBurst        int
-	ShutdownTimeout  time.Duration
+	// KEDAListen, when set, serves KEDA's external scaler gRPC API there
+	// (scaling/keda) from the leader's per-workload sums.
+	KEDAListen      string
+	KubeQPS         float64
+	KubeBurst       int
+	ShutdownTimeout time.Duration
 }
 
 // DefaultOptions returns the shipped defaults: kube.DefaultOptions with the
@@ -64,6 +67,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "path to a kubeconfig (default: in-cluster config)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address of the admin HTTP server: /healthz, /readyz, /metrics, /v1/status")
 	fs.StringVar(&o.SnapshotDialHost, "snapshot-dial-host", o.SnapshotDialHost, "development only: connect to this loopback address for every extproc snapshot instead of the EndpointSlice address, keeping its port (the local demo and e2e test)")
+	fs.StringVar(&o.KEDAListen, "keda-listen", o.KEDAListen, "address of KEDA's external scaler gRPC API (ScaledObject trigger external-push; default: off; keep it inside the cluster)")
 	fs.Float64Var(&o.KubeQPS, "kube-qps", o.KubeQPS, "client-side rate limit of API requests per second")
 	fs.IntVar(&o.KubeBurst, "kube-burst", o.KubeBurst, "client-side burst of API requests")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "on SIGTERM, how long to wait for the last tick and the Lease release")
@@ -78,6 +82,9 @@ func (o *Options) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(o.AdminListen); err != nil {
 		bad("admin-listen", strconv.Quote(o.AdminListen), "host:port (host may be empty)")
+	}
+	if _, _, err := net.SplitHostPort(o.KEDAListen); o.KEDAListen != "" && (err != nil || o.KEDAListen == o.AdminListen) {
+		bad("keda-listen", strconv.Quote(o.KEDAListen), "empty (off) or host:port other than --admin-listen")
 	}
 	if ip := net.ParseIP(o.SnapshotDialHost); o.SnapshotDialHost != "" && (ip == nil || !ip.IsLoopback()) {
 		bad("snapshot-dial-host", strconv.Quote(o.SnapshotDialHost), "empty or a loopback IP address such as 127.0.0.1")

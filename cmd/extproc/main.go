@@ -163,7 +163,6 @@ func grpcLimits(opts Options) []grpc.ServerOption {
 		// handler has not read, a connection 1 MiB.
 		grpc.InitialWindowSize(64 << 10),
 		grpc.InitialConnWindowSize(1 << 20),
-		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			// Detect dead Envoy connections so their streams end (and their
 			// requests are released) instead of lingering.

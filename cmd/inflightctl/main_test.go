@@ -10,19 +10,24 @@ import (
 )
 
 // TestEnvoyFilterMatchesShippedExample renders through the CLI and compares
-// with the shipped example the istio package's tests keep up to date.
+// with the shipped examples the istio package's tests keep up to date.
 func TestEnvoyFilterMatchesShippedExample(t *testing.T) {
-	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"envoyfilter", "--namespace", "models", "--selector", "app=vllm", "--profile", "observe"}, &out, &errb)
-	if err != nil {
-		t.Fatalf("run: %v (stderr %s)", err, errb.String())
-	}
-	want, err := os.ReadFile(filepath.Join("..", "..", "istio", "examples", "observe-sidecar.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(out.Bytes(), want) {
-		t.Errorf("CLI output differs from istio/examples/observe-sidecar.yaml:\n%s", out.String())
+	for file, args := range map[string][]string{
+		"observe-sidecar.yaml":                 {"--namespace", "models", "--selector", "app=vllm", "--profile", "observe"},
+		"control-outbound.yaml":                {"--namespace", "apps", "--selector", "app=chat-frontend", "--profile", "control", "--outbound", "--port", "8000"},
+		"control-gateway-stream-timeouts.yaml": {"--gateway", "--profile", "control", "--stream-timeouts", "10m"},
+	} {
+		var out, errb bytes.Buffer
+		if err := run(context.Background(), append([]string{"envoyfilter"}, args...), &out, &errb); err != nil {
+			t.Fatalf("%s: run: %v (stderr %s)", file, err, errb.String())
+		}
+		want, err := os.ReadFile(filepath.Join("..", "..", "istio", "examples", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(out.Bytes(), want) {
+			t.Errorf("CLI output differs from istio/examples/%s:\n%s", file, out.String())
+		}
 	}
 }
 
@@ -32,6 +37,8 @@ func TestEnvoyFilterErrors(t *testing.T) {
 		{"envoyfilter", "--namespace", "models", "--selector", "app=vllm", "--profile", "fast"},
 		{"envoyfilter", "--selector", "app"},
 		{"envoyfilter", "--namespace", "models", "--selector", "app=vllm", "extra"},
+		{"envoyfilter", "--namespace", "apps", "--selector", "app=fe", "--outbound", "--profile", "control"},
+		{"envoyfilter", "--gateway", "--stream-timeouts", "5m"},
 		{"nosuch"},
 		{},
 	} {

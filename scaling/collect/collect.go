@@ -1,17 +1,43 @@
 // Package collect owns the controller's view of demand: every tick it fetches
-// GET /v1/snapshot from every ready extproc replica in parallel, decodes the
-// versioned extproc.Snapshot contract, and sums the counters per workload
-// (namespace/workload) into what the policy observes: the exact mean
-// concurrency over the interval (from busy-seconds deltas per replica and
-// boot id), in-flight now, arrivals, completions and mean duration.
+// GET /v1/snapshot from every extproc replica in parallel, decodes the
+// versioned extproc.Snapshot contract, checks it, and sums the counters per
+// workload into what the policy observes: the exact mean concurrency over
+// the interval (busy-seconds deltas per target, replica and boot id, divided
+// by the replica's own uptime_seconds delta), in-flight now, arrivals,
+// completions and mean duration.
 //
-// A replica that does not answer (error, timeout, wrong version) makes the
-// tick Partial for every workload; its last values keep counting for at most
-// Options.Expire and are then forgotten. A new boot id is a counter reset:
-// that replica contributes its in-flight now and no delta for one tick,
-// never a negative or bogus one.
+// What is summed is checked, never trusted:
 //
-// It imports no Kubernetes client: endpoints come in as plain values.
+//   - Attribution: a target counts for the workload the caller's
+//     Attribution names (the controller: only targets whose pod is a live
+//     pod of that Deployment); others are counted as unattributed.
+//   - Impossible numbers reject the whole snapshot (FetchError kind
+//     "invalid", the tick is partial): a negative or non-finite counter;
+//     completed > started or in_flight > started − completed; a counter that
+//     went down without a new boot id (a target whose
+//     created_uptime_seconds changed, or whose started went down, was
+//     evicted and re-created and starts from zero); a creation time beyond
+//     the uptime; busy-seconds growth
+//     beyond what the in-flight requests could accrue (Bound); a duration
+//     sum growth beyond completed × uptime; uptime_seconds that does not
+//     advance with this collector's clock (within the two fetches' round
+//     trips); a wall-clock time that does not advance with uptime_seconds
+//     (within ClockSkew).
+//   - A catch-all record that may hide demand makes the tick partial for
+//     what it may hide: "overflow" (the extproc's global bound on targets)
+//     for every workload, "namespace_overflow" for its namespace, whenever
+//     it has requests in flight or started any in the interval; so does a
+//     growing untracked_total (requests the extproc answered without
+//     tracking them) for the workload, namespace or everything it names.
+//
+// A replica that does not answer, answers with a rejected snapshot, or
+// vanishes from the endpoint list makes the tick partial; its last accepted
+// values keep counting for at most Options.Expire after its last accepted
+// snapshot, and it is then forgotten. A new boot id is a counter reset:
+// that replica contributes its in-flight now and no delta for one tick.
+//
+// It imports no Kubernetes client: endpoints and the attribution come in as
+// plain values.
 //
 // Concurrency: a Collector belongs to one goroutine (the controller's tick
 // loop): Tick fetches in parallel and merges after every fetch has
@@ -19,12 +45,16 @@
 package collect
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,11 +62,18 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/inflight-dev/inflight/extproc"
+	"github.com/inflight-dev/inflight/mesh"
 )
 
-var jsonAPI = jsoniter.ConfigCompatibleWithStandardLibrary
+// jsonAPI decodes snapshots. jsoniter (already in the build through
+// client-go) decodes this schema several times faster than encoding/json;
+// ObjectFieldMustBeSimpleString lets it match the field names of a record
+// (more than ten, past its specialised decoders) without allocating a
+// string per field: the contract's names are plain ASCII, never escaped.
+var jsonAPI = jsoniter.Config{EscapeHTML: true, SortMapKeys: true, ValidateJsonRawMessage: true,
+	ObjectFieldMustBeSimpleString: true}.Froze()
 
-// Endpoint is one ready extproc replica.
+// Endpoint is one extproc replica.
 type Endpoint struct {
 	// Key identifies the replica across ticks (its pod name, or its address).
 	Key string
@@ -50,6 +87,22 @@ type Workload struct {
 }
 
 func (w Workload) String() string { return w.Namespace + "/" + w.Name }
+
+// Target names one record of a snapshot.
+type Target struct {
+	Namespace, Workload, Service, Pod, Reason string
+}
+
+// Attribution maps a counted target (Reason "") to the workload whose
+// demand it is; ok is false when it is nobody's.
+type Attribution func(Target) (w Workload, ok bool)
+
+// ByName attributes a target to the workload its record names: trust in
+// the extproc's attribution, for tests and tools. The controller passes an
+// Attribution that also checks the pod.
+func ByName(t Target) (Workload, bool) {
+	return Workload{t.Namespace, t.Workload}, t.Namespace != "" && t.Workload != ""
+}
 
 // Sample is one workload's demand over one tick, summed over the replicas.
 type Sample struct {
@@ -72,21 +125,47 @@ type Result struct {
 	// through still-valid last values). A workload absent here had no
 	// request in flight and none in the interval.
 	Workloads map[Workload]Sample
-	// Partial is set when some endpoint did not answer, or when there was
-	// no endpoint at all: counts are then a lower bound.
+	// Partial is set when counts are a lower bound for every workload:
+	// some listed endpoint did not answer or was rejected, a replica
+	// vanished within Expire, the global overflow target is active, or
+	// there was no endpoint at all.
 	Partial bool
-	// Endpoints, Answered, Resets: how many were asked, answered, and came
-	// back with a new boot id.
+	// PartialNamespaces are namespaces whose counts are a lower bound (an
+	// active namespace_overflow target, or requests the extproc could not
+	// track for a target it gave to nobody); PartialWorkloads likewise for
+	// one workload (requests it could not track). See PartialFor.
+	PartialNamespaces map[string]bool
+	PartialWorkloads  map[Workload]bool
+	// Endpoints, Answered, Resets: how many were asked, answered with an
+	// accepted snapshot, and came back with a new boot id.
 	Endpoints, Answered, Resets int
-	// Errors lists the replicas that did not answer and why.
+	// Vanished counts replicas no longer listed whose last values still
+	// count (and keep the tick partial).
+	Vanished int
+	// Overflow is set when a global overflow target was active.
+	Overflow bool
+	// Unattributed is the in-flight count of targets that named a workload
+	// but that the Attribution gave to nobody; UnattributedTargets counts
+	// those targets.
+	Unattributed        float64
+	UnattributedTargets int
+	// Errors lists the replicas that did not answer, or whose snapshot was
+	// rejected, and why.
 	Errors []FetchError
 }
 
-// FetchError is one failed snapshot fetch.
+// PartialFor reports whether the counts of workload w are a lower bound
+// this tick.
+func (r *Result) PartialFor(w Workload) bool {
+	return r.Partial || r.PartialNamespaces[w.Namespace] || r.PartialWorkloads[w]
+}
+
+// FetchError is one failed or rejected snapshot.
 type FetchError struct {
 	Endpoint Endpoint
 	// Kind is a bounded label: "timeout", "connect", "http-status",
-	// "decode", "version".
+	// "decode", "version" (the fetch failed) or "invalid" (the snapshot
+	// held impossible numbers and was rejected).
 	Kind     string
 	Err      error
 	Duration time.Duration
@@ -96,10 +175,14 @@ func (e FetchError) Error() string {
 	return fmt.Sprintf("snapshot %s (%s): %s: %v", e.Endpoint.Key, e.Endpoint.URL, e.Kind, e.Err)
 }
 
+// KindInvalid is the FetchError kind of a rejected snapshot.
+const KindInvalid = "invalid"
+
 // Observer receives per-fetch outcomes, e.g. for metrics. Implementations
 // must be safe for concurrent use (fetches run in parallel).
 type Observer interface {
-	// Fetched is called once per endpoint per tick; kind is "" on success.
+	// Fetched is called once per endpoint per tick; kind is "" when the
+	// fetch succeeded (its snapshot may still be rejected: see Result).
 	Fetched(kind string, d time.Duration)
 }
 
@@ -110,12 +193,20 @@ type Doer interface {
 
 var _ Doer = (*http.Client)(nil)
 
+// ClockSkew bounds how far a snapshot's wall-clock time may move apart from
+// its uptime_seconds between two snapshots: 50 ms plus 1 % of the
+// interval. NTP slews a clock by at most 0.05 %, far inside it; a step
+// (ntpd and chrony step only offsets beyond 128 ms) or a forged clock
+// rejects the snapshot once, and the next one is checked against it.
+const ClockSkew = 50 * time.Millisecond
+
 // Options configure a Collector.
 type Options struct {
 	// Timeout bounds one snapshot fetch (default 500ms).
 	Timeout time.Duration
-	// Expire is how long a silent replica's last values keep counting
-	// (default 10s). The tick stays Partial while it is listed and silent.
+	// Expire is how long a silent, rejected or vanished replica's last
+	// accepted values keep counting (default 10s). The tick stays Partial
+	// meanwhile.
 	Expire time.Duration
 	// MaxBytes bounds one snapshot body (default 64 MiB).
 	MaxBytes int64
@@ -123,7 +214,8 @@ type Options struct {
 	Client Doer
 	// Observer, if set, is told about every fetch.
 	Observer Observer
-	// Clock is the collector's clock (nil: the real clock).
+	// Clock is the collector's clock (nil: the real clock). Fetch start and
+	// end times come from it.
 	Clock clock.PassiveClock
 }
 
@@ -141,7 +233,6 @@ func (o *Options) defaults() {
 		o.Client = &http.Client{Transport: &http.Transport{
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     time.Minute,
-			DisableCompression:  false,
 		}}
 	}
 	if o.Clock == nil {
@@ -149,27 +240,32 @@ func (o *Options) defaults() {
 	}
 }
 
-// counters are one replica's counters of one workload, summed over its
-// targets (services, pods).
-type counters struct {
-	inFlight           int64
-	started, completed uint64
-	busy, durSum       float64
+// baseline is the last snapshot received from a replica, accepted or not:
+// the next one is checked and differenced against it. targets is the
+// snapshot's own record slice, sorted by key (the contract's order).
+type baseline struct {
+	bootID     string
+	uptime     float64
+	wall       time.Time
+	begin, end time.Time // this collector's clock around the fetch
+	targets    []extproc.TargetRecord
 }
 
 // replica is what is kept of one endpoint between ticks.
 type replica struct {
-	bootID   string
-	at       time.Time // the snapshot's own time
-	seen     time.Time // our clock when it last answered
-	counts   map[Workload]counters
-	lastConc map[Workload]float64 // mean concurrency of its last interval
+	base baseline
+	// The last accepted snapshot's records and the mean concurrency each
+	// contributed, and when it was accepted (this collector's clock):
+	// silent, rejected or vanished, the replica keeps contributing these
+	// until Expire.
+	seen     time.Time
+	accepted []extproc.TargetRecord
+	conc     []float64
 }
 
 // Collector keeps the previous snapshot of every replica. Create it with New.
 type Collector struct {
-	opt Options
-
+	opt      Options
 	replicas map[string]*replica
 	meanDur  map[Workload]time.Duration
 }
@@ -181,15 +277,19 @@ func New(opt Options) *Collector {
 }
 
 type fetched struct {
-	ep     Endpoint
-	snap   *extproc.Snapshot
-	counts map[Workload]counters
-	err    *FetchError
+	ep         Endpoint
+	snap       *extproc.Snapshot
+	begin, end time.Time
+	err        *FetchError
 }
 
-// Tick fetches every endpoint in parallel and returns the summed demand per
-// workload. Call it once per tick from one goroutine.
-func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint) Result {
+// Tick fetches every endpoint in parallel and returns the checked demand per
+// workload, attributing each counted target with attr (nil: ByName). Call
+// it once per tick from one goroutine.
+func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint, attr Attribution) Result {
+	if attr == nil {
+		attr = ByName
+	}
 	out := make([]fetched, len(endpoints))
 	var wg sync.WaitGroup
 	for i, ep := range endpoints {
@@ -200,20 +300,22 @@ func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint) Result {
 		}()
 	}
 	wg.Wait()
-	return c.merge(out)
+	return c.merge(out, attr)
 }
 
 func (c *Collector) fetch(ctx context.Context, ep Endpoint) fetched {
+	begin := c.opt.Clock.Now()
 	start := time.Now()
 	snap, kind, err := c.get(ctx, ep.URL)
 	d := time.Since(start)
+	end := c.opt.Clock.Now()
 	if c.opt.Observer != nil {
 		c.opt.Observer.Fetched(kind, d)
 	}
 	if err != nil {
-		return fetched{ep: ep, err: &FetchError{Endpoint: ep, Kind: kind, Err: err, Duration: d}}
+		return fetched{ep: ep, begin: begin, end: end, err: &FetchError{Endpoint: ep, Kind: kind, Err: err, Duration: d}}
 	}
-	return fetched{ep: ep, snap: snap, counts: sumByWorkload(snap)}
+	return fetched{ep: ep, snap: snap, begin: begin, end: end}
 }
 
 func (c *Collector) get(ctx context.Context, url string) (*extproc.Snapshot, string, error) {
@@ -236,8 +338,7 @@ func (c *Collector) get(ctx context.Context, url string) (*extproc.Snapshot, str
 		return nil, "http-status", fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	var s extproc.Snapshot
-	// jsoniter (already in the build through client-go) decodes this
-	// schema about twice as fast as encoding/json; it is the tick's main cost.
+	// Decoding is the tick's main cost (see jsonAPI).
 	dec := jsonAPI.NewDecoder(io.LimitReader(resp.Body, c.opt.MaxBytes))
 	if err := dec.Decode(&s); err != nil {
 		return nil, errKind(ctx, err, "decode"), err
@@ -258,109 +359,279 @@ func errKind(ctx context.Context, err error, otherwise string) string {
 	return otherwise
 }
 
-// sumByWorkload adds up the records of one snapshot per workload. Records
-// without a workload, or with a Reason (unknown, overflow), belong to no
-// workload and are skipped.
-func sumByWorkload(s *extproc.Snapshot) map[Workload]counters {
-	m := make(map[Workload]counters, len(s.Targets))
-	for i := range s.Targets {
-		t := &s.Targets[i]
-		if t.Reason != "" || t.Workload == "" || t.Namespace == "" {
-			continue
-		}
-		w := Workload{t.Namespace, t.Workload}
-		c := m[w]
-		c.inFlight += t.InFlight
-		c.started += t.Started
-		c.completed += t.Completed
-		c.busy += t.BusySeconds
-		c.durSum += t.DurationSecondsSum
-		m[w] = c
-	}
-	return m
+// Bound is the most busy-seconds a target can accrue between two reads of
+// it: every request in flight at any instant of the interval was either in
+// flight at the first read or started within the interval, so in-flight
+// never exceeds prevInFlight + started; and the interval between the two
+// reads of a record is at most dUptime + fetch, the uptime_seconds delta
+// plus the duration of the second fetch (each record is read while its
+// request is served, after the snapshot's uptime). A relative 1e-9 and an
+// absolute 1e-6 request-seconds absorb float rounding.
+func Bound(prevInFlight int64, started uint64, dUptime, fetch float64) float64 {
+	return (float64(max(prevInFlight, 0))+float64(started))*(dUptime+fetch)*(1+1e-9) + 1e-6
 }
 
-// merge folds one tick's fetches into the kept state and sums per workload.
-func (c *Collector) merge(out []fetched) Result {
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+func key(r *extproc.TargetRecord) Target {
+	return Target{r.Namespace, r.Workload, r.Service, r.Pod, r.Reason}
+}
+
+// compare orders records by (namespace, workload, service, pod, reason),
+// the order of the snapshot contract.
+func compare(a, b *extproc.TargetRecord) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Workload, b.Workload),
+		strings.Compare(a.Service, b.Service), strings.Compare(a.Pod, b.Pod), strings.Compare(a.Reason, b.Reason))
+}
+
+// sorted returns the snapshot's records in contract order (sorting them in
+// place when a replica did not), or an error for a target listed twice.
+func sorted(ts []extproc.TargetRecord) error {
+	for i := 1; i < len(ts); i++ {
+		if compare(&ts[i-1], &ts[i]) >= 0 {
+			slices.SortFunc(ts, func(a, b extproc.TargetRecord) int { return compare(&a, &b) })
+			break
+		}
+	}
+	for i := 1; i < len(ts); i++ {
+		if compare(&ts[i-1], &ts[i]) == 0 {
+			return fmt.Errorf("target %v: listed twice", key(&ts[i]))
+		}
+	}
+	return nil
+}
+
+// delta is one record of a checked snapshot and the index of its previous
+// counters in the baseline (-1: none, because it is new, was evicted and
+// re-created, or there is no baseline: its previous counters are zero).
+type delta struct {
+	r    *extproc.TargetRecord
+	prev int
+}
+
+var zero extproc.TargetRecord
+
+// previous returns d's previous counters in base.
+func (d delta) previous(base *baseline) *extproc.TargetRecord {
+	if d.prev < 0 {
+		return &zero
+	}
+	return &base.targets[d.prev]
+}
+
+// check validates a snapshot against the replica's baseline (nil: none, or
+// another boot) and returns each record with its previous counters, and
+// the interval in seconds (0: no usable interval, point values only).
+func (c *Collector) check(f *fetched, prev *baseline) ([]delta, float64, error) {
+	s := f.snap
+	// Sorted first: even a rejected snapshot becomes the next baseline.
+	if err := sorted(s.Targets); err != nil {
+		return nil, 0, err
+	}
+	if !finite(s.UptimeSeconds) || s.UptimeSeconds < 0 {
+		return nil, 0, fmt.Errorf("uptime_seconds %v: want a finite value ≥ 0", s.UptimeSeconds)
+	}
+	fetch := f.end.Sub(f.begin).Seconds()
+	dt := 0.0
+	if prev != nil {
+		du := s.UptimeSeconds - prev.uptime
+		// The snapshot's uptime was read during its fetch, the previous
+		// one during the previous fetch: du must lie between the gap of
+		// the two fetches and their span (1 ms and 0.1 % of slack).
+		lo, hi := f.begin.Sub(prev.end).Seconds(), f.end.Sub(prev.begin).Seconds()
+		slack := 1e-3 + 1e-3*hi
+		if du < lo-slack || du > hi+slack {
+			return nil, 0, fmt.Errorf("uptime_seconds advanced %.6fs while %.6fs to %.6fs passed here: its clock is out of line", du, lo, hi)
+		}
+		dw := s.Time.Sub(prev.wall).Seconds()
+		if tol := ClockSkew.Seconds() + 0.01*math.Abs(du); math.Abs(dw-du) > tol {
+			return nil, 0, fmt.Errorf("time advanced %.3fs while uptime_seconds advanced %.3fs: its wall clock is out of line (tolerance %.3fs)", dw, du, tol)
+		}
+		dt = max(du, 0)
+	}
+	out := make([]delta, len(s.Targets))
+	j := 0 // merge join with the baseline's records, both sorted
+	for i := range s.Targets {
+		n := &s.Targets[i]
+		d := delta{r: n, prev: -1}
+		switch {
+		case n.InFlight < 0:
+			return nil, 0, fmt.Errorf("target %v: in_flight %d < 0", key(n), n.InFlight)
+		case !finite(n.BusySeconds) || n.BusySeconds < 0 || !finite(n.DurationSecondsSum) || n.DurationSecondsSum < 0:
+			return nil, 0, fmt.Errorf("target %v: busy_seconds_total %v, duration_seconds_sum %v: want finite values ≥ 0",
+				key(n), n.BusySeconds, n.DurationSecondsSum)
+		case n.Completed > n.Started || uint64(n.InFlight) > n.Started-n.Completed:
+			return nil, 0, fmt.Errorf("target %v: in_flight %d, started %d, completed %d: want completed ≤ started and in_flight ≤ started − completed",
+				key(n), n.InFlight, n.Started, n.Completed)
+		}
+		created := n.CreatedUptimeSeconds
+		if !finite(created) || created < 0 || created > s.UptimeSeconds+1e-6 {
+			return nil, 0, fmt.Errorf("target %v: created_uptime_seconds %v: want 0 to uptime_seconds %v", key(n), created, s.UptimeSeconds)
+		}
+		// The previous counters of this record: none on a first snapshot
+		// (everything since its creation), zero for a target that is new or
+		// was evicted and re-created (another created_uptime_seconds, or,
+		// from an extproc that does not say, started went down): everything
+		// since its creation, which is after the previous snapshot.
+		span := s.UptimeSeconds - created + fetch
+		if prev != nil {
+			span = min(dt, s.UptimeSeconds-created) + fetch
+			for j < len(prev.targets) && compare(&prev.targets[j], n) < 0 {
+				j++
+			}
+			if j < len(prev.targets) && compare(&prev.targets[j], n) == 0 {
+				q := &prev.targets[j]
+				if math.Abs(q.CreatedUptimeSeconds-created) <= 1e-9 && n.Started >= q.Started {
+					d.prev, span = j, dt+fetch
+				}
+			}
+		}
+		p := d.previous(prev)
+		if n.Completed < p.Completed || n.Untracked < p.Untracked || n.BusySeconds < p.BusySeconds-1e-6 || n.DurationSecondsSum < p.DurationSecondsSum-1e-6 {
+			return nil, 0, fmt.Errorf("target %v: a counter went down without a new boot id (completed %d→%d, untracked_total %d→%d, busy_seconds_total %v→%v, duration_seconds_sum %v→%v)",
+				key(n), p.Completed, n.Completed, p.Untracked, n.Untracked, p.BusySeconds, n.BusySeconds, p.DurationSecondsSum, n.DurationSecondsSum)
+		}
+		if b := Bound(p.InFlight, n.Started-p.Started, span, 0); n.BusySeconds-p.BusySeconds > b {
+			return nil, 0, fmt.Errorf("target %v: busy_seconds_total grew %v in %.3fs; at most %v with %d in flight before and %d started",
+				key(n), n.BusySeconds-p.BusySeconds, span, b, p.InFlight, n.Started-p.Started)
+		}
+		if b := float64(n.Completed-p.Completed)*(s.UptimeSeconds+fetch)*(1+1e-9) + 1e-6; n.DurationSecondsSum-p.DurationSecondsSum > b {
+			return nil, 0, fmt.Errorf("target %v: duration_seconds_sum grew %v for %d completions; at most %v (each shorter than the uptime)",
+				key(n), n.DurationSecondsSum-p.DurationSecondsSum, n.Completed-p.Completed, b)
+		}
+		out[i] = d
+	}
+	return out, dt, nil
+}
+
+// merge checks one tick's fetches, folds them into the kept state and sums
+// per workload.
+func (c *Collector) merge(out []fetched, attr Attribution) Result {
 	now := c.opt.Clock.Now()
-	res := Result{Time: now, Workloads: map[Workload]Sample{}, Endpoints: len(out)}
+	res := Result{Time: now, Workloads: map[Workload]Sample{}, PartialNamespaces: map[string]bool{},
+		PartialWorkloads: map[Workload]bool{}, Endpoints: len(out)}
 	if len(out) == 0 {
 		res.Partial = true
 	}
-	listed := make(map[string]bool, len(out))
 	ok := make(map[string]bool, len(out))
+	listed := make(map[string]bool, len(out))
 	durs := map[Workload][2]float64{} // completed, duration sum in the interval
-	for _, f := range out {
+	// add counts a record's in-flight and concurrency for the workload the
+	// attribution gives it; it returns that workload.
+	add := func(r *extproc.TargetRecord, conc float64) (Workload, bool) {
+		w, yes := attr(key(r))
+		if !yes {
+			if r.Workload != "" {
+				res.Unattributed += float64(r.InFlight)
+				res.UnattributedTargets++
+			}
+			return w, false
+		}
+		s := res.Workloads[w]
+		s.InFlight += float64(r.InFlight)
+		s.Concurrency += conc
+		res.Workloads[w] = s
+		return w, true
+	}
+	for i := range out {
+		f := &out[i]
 		listed[f.ep.Key] = true
 		if f.err != nil {
 			res.Partial = true
 			res.Errors = append(res.Errors, *f.err)
 			continue
 		}
+		r := c.replicas[f.ep.Key]
+		var prev *baseline
+		reset := r != nil && r.base.bootID != f.snap.BootID
+		if r != nil && !reset {
+			prev = &r.base
+		}
+		base := baseline{bootID: f.snap.BootID, uptime: f.snap.UptimeSeconds, wall: f.snap.Time,
+			begin: f.begin, end: f.end, targets: f.snap.Targets}
+		ds, dt, err := c.check(f, prev)
+		if err != nil {
+			res.Partial = true
+			res.Errors = append(res.Errors, FetchError{Endpoint: f.ep, Kind: KindInvalid, Err: err, Duration: f.end.Sub(f.begin)})
+			if prev != nil {
+				// The next snapshot is checked against this one, so a
+				// single bad one (or a clock step) costs one tick.
+				r.base = base
+			}
+			continue
+		}
 		res.Answered++
 		ok[f.ep.Key] = true
-		prev := c.replicas[f.ep.Key]
-		reset := prev != nil && prev.bootID != f.snap.BootID
 		if reset {
 			res.Resets++
 		}
-		usable := prev != nil && !reset && f.snap.Time.After(prev.at)
-		dt := 0.0
-		if usable {
-			dt = f.snap.Time.Sub(prev.at).Seconds()
-		}
-		r := &replica{bootID: f.snap.BootID, at: f.snap.Time, seen: now, counts: f.counts,
-			lastConc: make(map[Workload]float64, len(f.counts))}
-		for w, cur := range f.counts {
-			s := res.Workloads[w]
-			s.InFlight += float64(cur.inFlight)
-			conc := float64(max(cur.inFlight, 0))
-			if usable {
-				p, had := prev.counts[w]
-				if !had {
-					// New target on a known replica: it began within the
-					// interval, so its counters are all interval.
-					p = counters{}
+		nr := &replica{base: base, seen: now, accepted: f.snap.Targets, conc: make([]float64, len(ds))}
+		for k, d := range ds {
+			n, p := d.r, d.previous(prev)
+			if n.Untracked > p.Untracked {
+				// Requests the extproc answered without tracking (its
+				// open-stream cap): their time in flight is unknown, so
+				// the counts of whoever they were for are a lower bound.
+				w, yes := attr(key(n))
+				switch {
+				case n.Reason == "" && yes:
+					res.PartialWorkloads[w] = true
+				case n.Namespace != "":
+					res.PartialNamespaces[n.Namespace] = true
+				default:
+					res.Partial = true
 				}
-				if cur.busy >= p.busy && cur.started >= p.started && cur.completed >= p.completed {
-					conc = (cur.busy - p.busy) / dt
-					s.Arrivals += float64(cur.started - p.started)
-					s.Completions += float64(cur.completed - p.completed)
-					dd := durs[w]
-					dd[0] += float64(cur.completed - p.completed)
-					dd[1] += cur.durSum - p.durSum
-					durs[w] = dd
-				}
-				// A counter that went down without a new boot id breaks the
-				// contract: use the point value, no delta.
 			}
-			s.Concurrency += conc
-			r.lastConc[w] = conc
+			if n.Reason != "" {
+				// A catch-all record: nobody's demand, but the overflow
+				// ones may hide some while active.
+				if n.InFlight > 0 || n.Started > p.Started || prev != nil && d.prev < 0 {
+					switch mesh.Reason(n.Reason) {
+					case mesh.ReasonOverflow:
+						res.Partial, res.Overflow = true, true
+					case mesh.ReasonNamespaceOverflow:
+						res.PartialNamespaces[n.Namespace] = true
+					}
+				}
+				continue
+			}
+			conc := float64(n.InFlight) // no interval: the point value
+			if dt > 0 {
+				conc = max(n.BusySeconds-p.BusySeconds, 0) / dt
+			}
+			nr.conc[k] = conc
+			w, yes := add(n, conc)
+			if !yes || dt == 0 {
+				continue
+			}
+			s := res.Workloads[w]
+			s.Arrivals += float64(n.Started - p.Started)
+			s.Completions += float64(n.Completed - p.Completed)
 			res.Workloads[w] = s
+			dd := durs[w]
+			dd[0] += float64(n.Completed - p.Completed)
+			dd[1] += n.DurationSecondsSum - p.DurationSecondsSum
+			durs[w] = dd
 		}
-		// Workloads this replica reported before but not now: it forgot them
-		// (no traffic); they contribute nothing.
-		c.replicas[f.ep.Key] = r
+		c.replicas[f.ep.Key] = nr
 	}
-	// Silent or unlisted replicas.
-	for key, r := range c.replicas {
-		switch {
-		case !listed[key]:
-			// Not listed any more (scaled down, not ready): forget it.
-			delete(c.replicas, key)
-		case ok[key]:
-			// Answered this tick.
-		case now.Sub(r.seen) > c.opt.Expire:
-			// Silent for too long: its last values no longer count (the
-			// tick stays Partial while it is listed).
-			delete(c.replicas, key)
-		default:
-			// Listed, silent, within Expire: its last values still count.
-			for w, cur := range r.counts {
-				s := res.Workloads[w]
-				s.InFlight += float64(cur.inFlight)
-				s.Concurrency += r.lastConc[w]
-				res.Workloads[w] = s
+	// Silent, rejected or vanished replicas: their last accepted values
+	// count until Expire, and the tick is partial while any is kept.
+	for k, r := range c.replicas {
+		if ok[k] {
+			continue
+		}
+		if now.Sub(r.seen) > c.opt.Expire {
+			delete(c.replicas, k)
+			continue
+		}
+		res.Partial = true
+		if !listed[k] {
+			res.Vanished++
+		}
+		for i := range r.accepted {
+			if r.accepted[i].Reason == "" {
+				add(&r.accepted[i], r.conc[i])
 			}
 		}
 	}

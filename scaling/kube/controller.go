@@ -16,7 +16,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -52,7 +51,7 @@ type Controller struct {
 	collOpt collect.Options
 
 	factory, epFactory informers.SharedInformerFactory
-	deploys            appslisters.DeploymentLister
+	deployIndexer      cache.Indexer
 	pods               corelisters.PodLister
 	podIndex           cache.Indexer
 	slices             discoverylisters.EndpointSliceLister
@@ -93,6 +92,13 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 
 	c.factory = informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(opt.Namespace))
 	dInf := c.factory.Apps().V1().Deployments()
+	if err := dInf.Informer().SetTransform(slimDeployment); err != nil {
+		return nil, err
+	}
+	if err := dInf.Informer().AddIndexers(cache.Indexers{deployIndex: deployIndexKeys}); err != nil {
+		return nil, err
+	}
+	c.deployIndexer = dInf.Informer().GetIndexer()
 	pInf := c.factory.Core().V1().Pods()
 	if err := pInf.Informer().SetTransform(slimPod); err != nil {
 		return nil, err
@@ -107,7 +113,7 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 			lo.LabelSelector = discoveryv1.LabelServiceName + "=" + opt.ExtprocService
 		}))
 	sInf := c.epFactory.Discovery().V1().EndpointSlices()
-	c.deploys, c.pods, c.slices = dInf.Lister(), pInf.Lister(), sInf.Lister()
+	c.pods, c.slices = pInf.Lister(), sInf.Lister()
 	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced}
 
 	c.broadcaster = record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 100, QPS: 1}))

@@ -13,10 +13,13 @@
 //
 //	controller.go  wiring: informers, indexers, Event recorder; Run
 //	election.go    the leader election loop (elect) and the leader's tick loop
-//	tick.go        one tick: fetch → decide per workload → write → publish
+//	tick.go        one tick: view → fetch → decide per workload → write → publish
+//	view.go        what a tick reads of the cluster: annotated Deployments, their
+//	               live pods (which targets count for whom)
 //	config.go      the annotations of a workload: parse, warn, keep the last valid
 //	pods.go        a Deployment's pods: ready, starting, observed cold starts
-//	endpoints.go   the extproc replicas from the EndpointSlices
+//	endpoints.go   the extproc replicas from the EndpointSlices (ready, serving
+//	               or terminating)
 //	scale.go       /scale writes (bounded errgroup, conflict retries) and their Events
 //	status.go      GET /v1/status
 //	metrics.go     the Prometheus metrics

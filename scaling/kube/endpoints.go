@@ -5,12 +5,19 @@ import (
 	"sort"
 	"strconv"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/inflight-dev/inflight/scaling/collect"
 )
 
-// endpoints lists the ready extproc endpoints from the EndpointSlices.
+// endpoints lists the extproc replicas to fetch from the EndpointSlices:
+// every endpoint that is ready, serving or terminating. A terminating
+// replica (a rolling restart, a scale-down) still counts the requests it
+// holds until it exits, so it is fetched until it leaves the slice (and
+// for --expire after that, the collector keeps its last values and the
+// tick partial). Only an endpoint that is neither (starting, or failing
+// its readiness probe while not terminating) is skipped.
 func (c *Controller) endpoints() []collect.Endpoint {
 	slices, err := c.slices.EndpointSlices(c.opt.ExtprocNamespace).List(labels.Everything())
 	if err != nil {
@@ -33,13 +40,7 @@ func (c *Controller) endpoints() []collect.Endpoint {
 			continue
 		}
 		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
-			if e.Conditions.Terminating != nil && *e.Conditions.Terminating {
-				continue
-			}
-			if len(e.Addresses) == 0 {
+			if !fetchable(e.Conditions) || len(e.Addresses) == 0 {
 				continue
 			}
 			addr := net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(port)))
@@ -56,4 +57,14 @@ func (c *Controller) endpoints() []collect.Endpoint {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
+}
+
+// fetchable reports whether an endpoint's replica may hold counts: ready,
+// serving or terminating. Unset conditions read as the API documents them:
+// ready and serving unknown mean ready, terminating unknown means not.
+func fetchable(c discoveryv1.EndpointConditions) bool {
+	ready := c.Ready == nil || *c.Ready
+	serving := c.Serving == nil && ready || c.Serving != nil && *c.Serving
+	terminating := c.Terminating != nil && *c.Terminating
+	return ready || serving || terminating
 }

@@ -336,6 +336,30 @@ func (r *running) workload(ns, name string) *WorkloadStatus {
 	return nil
 }
 
+// pod creates a Running, Ready pod of the Deployment name (labels
+// app=name), removed at cleanup. Snapshots count only for live pods of the
+// Deployment they name, so a test's fake extproc reports pods that exist.
+func (e *env) pod(deployment, name string) {
+	e.t.Helper()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.ns, Labels: map[string]string{"app": deployment}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "model:1"}}}}
+	p, err := e.cs.CoreV1().Pods(e.ns).Create(e.ctx(), p, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		e.remove(func(ctx context.Context, n string, o metav1.DeleteOptions) error {
+			o.GracePeriodSeconds = ptr.To(int64(0))
+			return e.cs.CoreV1().Pods(e.ns).Delete(ctx, n, o)
+		}, name)
+	})
+	p.Status.Phase = corev1.PodRunning
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
+	if _, err := e.cs.CoreV1().Pods(e.ns).UpdateStatus(e.ctx(), p, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // kubelet plays the missing kube-controller-manager and kubelet for one
 // Deployment: it keeps as many pods as spec.replicas, Ready at once, until
 // the test ends. Bounded: one reconcile per 100ms.

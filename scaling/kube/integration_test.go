@@ -103,6 +103,7 @@ func TestInvalidAnnotationsWarnAndNeverScale(t *testing.T) {
 	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("bad", fastAnn("inflight.dev/target", "lots"), 1)
+	e.pod("bad", "bad-1")
 	a := e.replica("a")
 	r := e.start(e.cfg, e.fastOptions("c1"), nil)
 	a.SetInFlight(e.ns, "bad", "bad-1", 6, time.Second)
@@ -157,6 +158,7 @@ func TestStoppedExtprocReplicaBlocksScaleDown(t *testing.T) {
 	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
+	e.pod("llama", "p")
 	a := e.replica("a")
 	b := e.replica("b")
 	r := e.start(e.cfg, e.fastOptions("c1"), nil)
@@ -197,6 +199,7 @@ func TestLeaderElectionHandover(t *testing.T) {
 	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
+	e.pod("llama", "p")
 	a := e.replica("a")
 	r1 := e.start(e.cfg, e.fastOptions("c1"), nil)
 	r2 := e.start(e.cfg, e.fastOptions("c2"), nil)
@@ -247,6 +250,7 @@ func TestConflictingUpdateIsRetried(t *testing.T) {
 	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
+	e.pod("llama", "p")
 	a := e.replica("a")
 	var fired atomic.Int32
 	r := e.start(e.cfg, e.fastOptions("c1"), func(c *Controller) {
@@ -304,6 +308,7 @@ func TestLeaderLostTakeoverWithinLeaseDuration(t *testing.T) {
 	testutil.SkipUnlessLong(t)
 	e := newEnv(t)
 	e.deployment("llama", fastAnn(), 1)
+	e.pod("llama", "p")
 	a := e.replica("a")
 	p := &partition{}
 	cut := rest.CopyConfig(e.cfg)
@@ -345,10 +350,10 @@ func TestNewLeaderWaitsAFullWindowBeforeScaleDown(t *testing.T) {
 	r1 := e.start(e.cfg, e.fastOptions("c1"), nil)
 	eventually(t, 30*time.Second, "c1 leads", r1.c.Leading)
 	r2 := e.start(e.cfg, e.fastOptions("c2"), nil)
-	a.SetInFlight(e.ns, "llama", "p", 4, time.Second)
+	a.SetInFlight(e.ns, "llama", "llama-1", 4, time.Second)
 	eventually(t, 30*time.Second, "scale-up to 4", func() bool { return e.replicas("llama") == 4 })
 
-	a.SetInFlight(e.ns, "llama", "p", 0, time.Second)
+	a.SetInFlight(e.ns, "llama", "llama-1", 0, time.Second)
 	r1.stop(t)
 	eventually(t, 10*time.Second, "c2 takes over", r2.c.Leading)
 	took := time.Now()
@@ -376,6 +381,7 @@ func TestWritesRunInParallelWithinTheLimit(t *testing.T) {
 	const n = 6
 	for i := range n {
 		e.deployment(fmt.Sprintf("m%d", i), fastAnn(), 1)
+		e.pod(fmt.Sprintf("m%d", i), fmt.Sprintf("m%d-p", i))
 	}
 	a := e.replica("a")
 	o := e.fastOptions("c1")
@@ -392,7 +398,7 @@ func TestWritesRunInParallelWithinTheLimit(t *testing.T) {
 	})
 	eventually(t, 30*time.Second, "leadership", r.c.Leading)
 	for i := range n {
-		a.SetInFlight(e.ns, fmt.Sprintf("m%d", i), "p", 4, time.Second)
+		a.SetInFlight(e.ns, fmt.Sprintf("m%d", i), fmt.Sprintf("m%d-p", i), 4, time.Second)
 	}
 	eventually(t, 30*time.Second, "every workload at 4", func() bool {
 		for i := range n {

@@ -25,6 +25,7 @@ type Metrics struct {
 	scrapeDuration                     prometheus.Histogram
 	tickDuration                       prometheus.Histogram
 	partial                            prometheus.Gauge
+	unattributed                       prometheus.Gauge
 	endpoints                          *prometheus.GaugeVec
 	leader                             prometheus.Gauge
 }
@@ -60,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		scaleConflicts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "scale_conflicts_total", Help: "Scale subresource updates that hit a Conflict and were retried."}),
 		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
-			Name: "snapshot_errors_total", Help: "Failed extproc snapshot fetches by kind (timeout, connect, http-status, decode, version)."}, []string{"kind"}),
+			Name: "snapshot_errors_total", Help: "Failed extproc snapshot fetches by kind (timeout, connect, http-status, decode, version) and snapshots rejected for impossible numbers (invalid)."}, []string{"kind"}),
 		scrapeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "snapshot_duration_seconds", Help: "Duration of one extproc snapshot fetch.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
@@ -68,9 +69,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tick_duration_seconds", Help: "Duration of one controller tick (collect, decide, write).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 		partial: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
-			Name: "data_partial", Help: "1 when the last tick's data was partial (some extproc replica did not answer, or none was listed)."}),
+			Name: "data_partial", Help: "1 when the last tick's data was partial for every workload (an extproc replica did not answer, was rejected or vanished within --expire, a global overflow target was active, or none was listed)."}),
+		unattributed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "unattributed_in_flight", Help: "Requests in flight that snapshots reported for a workload from a pod that is not a live pod of it (stale or forged claims), last tick: counted for nobody."}),
 		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
-			Name: "extproc_endpoints", Help: "extproc replicas asked on the last tick, by state (answered, failed)."}, []string{"state"}),
+			Name: "extproc_endpoints", Help: "extproc replicas on the last tick, by state (answered; failed: no answer or a rejected snapshot; vanished: no longer listed, last values still counted)."}, []string{"state"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "is_leader", Help: "1 while this controller replica holds the Lease."}),
 	}
@@ -78,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid, m.invalidConfigs,
 		m.target, m.minReplicas, m.maxReplicas, m.coldStart,
 		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
-		m.tickDuration, m.partial, m.endpoints, m.leader)
+		m.tickDuration, m.partial, m.unattributed, m.endpoints, m.leader)
 	return m
 }
 

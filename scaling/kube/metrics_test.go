@@ -42,6 +42,9 @@ func TestMetricsGolden(t *testing.T) {
 	m.partial.Set(1)
 	m.endpoints.WithLabelValues("answered").Set(2)
 	m.endpoints.WithLabelValues("failed").Set(1)
+	m.endpoints.WithLabelValues("vanished").Set(1)
+	m.unattributed.Set(30)
+	m.scrapeErrors.WithLabelValues("invalid").Inc()
 	m.leader.Set(1)
 
 	golden := filepath.Join("testdata", "metrics.golden")

@@ -53,6 +53,11 @@ type Options struct {
 	// SnapshotClient does the snapshot requests (nil: a dedicated
 	// http.Client). Not a flag.
 	SnapshotClient collect.Doer
+
+	// OnTick, when set, receives every leader tick's per-workload sums
+	// (the KEDA external scaler, scaling/keda). Called on the tick loop:
+	// it must not block. Not a flag.
+	OnTick func(collect.Result)
 }
 
 // DefaultOptions returns the shipped defaults.

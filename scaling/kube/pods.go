@@ -66,17 +66,22 @@ func (c *Controller) selectPods(ns string, ls *metav1.LabelSelector, sel labels.
 	return out
 }
 
-// countPods counts the Deployment's ready and starting pods and records the
-// observed start-up time (created → Ready) of pods not seen ready before.
-func (c *Controller) countPods(dep *appsv1.Deployment, st *wstate) (ready, starting int32) {
+// podsOf returns the pods the Deployment's selector matches (none for a
+// missing, invalid or empty selector).
+func (c *Controller) podsOf(dep *appsv1.Deployment) []*corev1.Pod {
 	if dep.Spec.Selector == nil {
-		return 0, 0
+		return nil
 	}
 	sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector)
 	if err != nil || sel.Empty() {
-		return 0, 0
+		return nil
 	}
-	pods := c.selectPods(dep.Namespace, dep.Spec.Selector, sel)
+	return c.selectPods(dep.Namespace, dep.Spec.Selector, sel)
+}
+
+// countPods counts a Deployment's ready and starting pods and records the
+// observed start-up time (created → Ready) of pods not seen ready before.
+func countPods(pods []*corev1.Pod, st *wstate) (ready, starting int32) {
 	live := make(map[string]bool, len(pods))
 	for _, p := range pods {
 		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {

@@ -208,7 +208,7 @@ func TestRunsUnderShippedRBAC(t *testing.T) {
 	e.remove(leases.Delete, o.LeaseName)
 	e.t.Cleanup(func() { e.remove(leases.Delete, o.LeaseName) })
 	r := e.start(cfg, o, nil)
-	a.SetInFlight(e.ns, "llama", "p", 3, time.Second)
+	a.SetInFlight(e.ns, "llama", "llama-1", 3, time.Second)
 	eventually(t, 30*time.Second, "scale-up to 3 under the ServiceAccount", func() bool { return e.replicas("llama") == 3 })
 
 	// The same invalid set twice makes the recorder aggregate (patch).

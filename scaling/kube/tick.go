@@ -6,7 +6,7 @@ import (
 
 	"go.uber.org/zap"
 	appsv1 "k8s.io/api/apps/v1"
-	"k8s.io/apimachinery/pkg/labels"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/scaling/collect"
@@ -19,10 +19,14 @@ import (
 type term struct {
 	coll      *collect.Collector
 	workloads map[collect.Workload]*wstate
+	// stray holds the fingerprint of the inflight.dev/ annotations of each
+	// Deployment that has some but no inflight.dev/target, as last warned
+	// about.
+	stray map[collect.Workload]string
 }
 
 func (c *Controller) newTerm() *term {
-	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}}
+	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}, stray: map[collect.Workload]string{}}
 }
 
 // wstate is the state of one workload within a term.
@@ -50,16 +54,25 @@ func (w *wstate) coldStart() time.Duration {
 	return s / time.Duration(len(w.starts))
 }
 
-// tick runs one round: fetch the snapshots and sum them (collect), decide
-// per workload (policy), write what changed (/scale), publish the status.
+// tick runs one round: read the cluster (view), fetch the snapshots and
+// sum what each workload's live pods report (collect), decide per workload
+// (policy), write what changed (/scale), publish the status.
 func (c *Controller) tick(ctx context.Context, t *term) {
 	begin := time.Now()
 	now := c.opt.Clock.Now()
-	res := c.fetch(ctx, t)
-	writes, ok := c.decide(t, res, now)
+	v, ok := c.view()
 	if !ok {
+		c.log.Error("read the Deployments from the informer cache")
 		return
 	}
+	res := c.fetch(ctx, t, v)
+	if c.opt.OnTick != nil {
+		c.opt.OnTick(res) // the KEDA external scaler's sums (scaling/keda)
+	}
+	// Issue 12's gates step (per-Service ready endpoints, hold and
+	// max-queue pushed to every extproc) fits here: after the fetch, with
+	// the view of the cluster and the endpoints just asked.
+	writes := c.decide(t, v, res, now)
 	c.runWrites(ctx, writes)
 	for _, wr := range writes {
 		c.finish(wr, now)
@@ -68,35 +81,35 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 	c.m.tickDuration.Observe(time.Since(begin).Seconds())
 }
 
-// fetch collects every extproc replica's snapshot and sums it per workload.
-func (c *Controller) fetch(ctx context.Context, t *term) collect.Result {
-	res := t.coll.Tick(ctx, c.endpoints())
+// fetch collects every extproc replica's snapshot and sums, per managed
+// workload, what its live pods report.
+func (c *Controller) fetch(ctx context.Context, t *term, v *view) collect.Result {
+	res := t.coll.Tick(ctx, c.endpoints(), v.attribute)
 	c.m.endpoints.WithLabelValues("answered").Set(float64(res.Answered))
 	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
+	c.m.endpoints.WithLabelValues("vanished").Set(float64(res.Vanished))
+	c.m.unattributed.Set(res.Unattributed)
 	if res.Partial {
 		c.m.partial.Set(1)
 	} else {
 		c.m.partial.Set(0)
 	}
 	for _, e := range res.Errors {
+		if e.Kind == collect.KindInvalid {
+			c.m.scrapeErrors.WithLabelValues(e.Kind).Inc()
+			c.log.Warn("snapshot rejected", zap.String("replica", e.Endpoint.Key), zap.Error(e.Err))
+			continue
+		}
 		c.log.Debug("snapshot failed", zap.String("replica", e.Endpoint.Key), zap.String("kind", e.Kind), zap.Error(e.Err))
 	}
 	return res
 }
 
-// decide observes and decides for every annotated Deployment and returns
-// the writes to make; ok is false when the Deployments could not be listed.
-func (c *Controller) decide(t *term, res collect.Result, now time.Time) (writes []*write, ok bool) {
-	deps, err := c.deploys.List(labels.Everything())
-	if err != nil {
-		c.log.Error("list deployments", zap.Error(err))
-		return nil, false
-	}
+// decide observes and decides for every managed Deployment and returns the
+// writes to make; it warns about the stray ones.
+func (c *Controller) decide(t *term, v *view, res collect.Result, now time.Time) (writes []*write) {
 	present := map[collect.Workload]bool{}
-	for _, dep := range deps {
-		if _, ok := dep.Annotations[TargetAnnotation]; !ok {
-			continue
-		}
+	for _, dep := range v.managed {
 		w := collect.Workload{Namespace: dep.Namespace, Name: dep.Name}
 		present[w] = true
 		st := t.workloads[w]
@@ -108,7 +121,7 @@ func (c *Controller) decide(t *term, res collect.Result, now time.Time) (writes 
 		if st.cfg == nil {
 			continue // never scale on an invalid configuration
 		}
-		if wr := c.decideOne(w, dep, st, res, now); wr != nil {
+		if wr := c.decideOne(w, dep, v.pods[w], st, res, now); wr != nil {
 			writes = append(writes, wr)
 		}
 	}
@@ -118,13 +131,14 @@ func (c *Controller) decide(t *term, res collect.Result, now time.Time) (writes 
 			c.m.forget(w)
 		}
 	}
-	return writes, true
+	c.strays(t, v.stray)
+	return writes
 }
 
 // decideOne observes one workload and decides; it returns the write to
 // make, or nil.
-func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, st *wstate, res collect.Result, now time.Time) *write {
-	ready, starting := c.countPods(dep, st)
+func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods []*corev1.Pod, st *wstate, res collect.Result, now time.Time) *write {
+	ready, starting := countPods(pods, st)
 	requested := int32(1)
 	if dep.Spec.Replicas != nil {
 		requested = *dep.Spec.Replicas
@@ -135,7 +149,7 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, st *w
 	s := res.Workloads[w]
 	obs := scaling.Observation{Time: now, Concurrency: s.Concurrency, InFlight: s.InFlight,
 		Arrivals: s.Arrivals, Completions: s.Completions, MeanDuration: s.MeanDuration,
-		Ready: ready, Starting: starting, Requested: requested, Partial: res.Partial,
+		Ready: ready, Starting: starting, Requested: requested, Partial: res.PartialFor(w),
 		ColdStart: st.coldStart()}
 	st.as.Observe(obs)
 	d := st.as.Decide(now)

@@ -59,15 +59,7 @@ func TestEndToEnd(t *testing.T) {
 	cfg := controlplane.Config(t) // skips or fails when the binaries are missing
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	root, err := controlplane.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buildLog strings.Builder
-	bins, err := stack.Build(ctx, root, &buildLog, false)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, buildLog.String())
-	}
+	bins := build(ctx, t)
 	dir := t.TempDir()
 	st, err := stack.Start(stack.Options{Bins: bins, Dir: dir, Config: cfg, Tick: tick,
 		LeaseDuration: leaseDur, RenewDeadline: renewDL, RetryPeriod: retryPer})
@@ -343,6 +335,21 @@ func waitEvent(ctx context.Context, t *testing.T, st *stack.Stack, timeout time.
 	}
 	t.Logf("Event %s: %s", found.Reason, found.Message)
 	return found
+}
+
+// build builds the binaries the stack runs (cached by the go build cache).
+func build(ctx context.Context, t *testing.T) stack.Bins {
+	t.Helper()
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	bins, err := stack.Build(ctx, root, &log, false)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	return bins
 }
 
 func dumpLogs(t *testing.T, st *stack.Stack) {

@@ -682,6 +682,7 @@ func TestOverrideMessageTimeout(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ep := shippedWith(t, Control, Envoy137, func(ep *filterv3.ExternalProcessor) {
+				ep.MaxMessageTimeout = nil
 				if tc.max > 0 {
 					ep.MaxMessageTimeout = durationpb.New(tc.max)
 				}

@@ -54,7 +54,6 @@ func run() error {
 		grpc.MaxHeaderListSize(64<<10),
 		grpc.InitialWindowSize(64<<10),
 		grpc.InitialConnWindowSize(1<<20),
-		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second,
 			MaxConnectionIdle: 5 * time.Minute, MaxConnectionAge: 30 * time.Minute}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,8 @@ type Replica struct {
 
 	mu      sync.Mutex
 	now     func() time.Time
+	booted  time.Time // uptime_seconds counts from here
+	mutate  func(*extproc.Snapshot)
 	bootID  string
 	targets map[key]*target
 	status  int    // 0: serve; else reply with this HTTP status
@@ -46,6 +49,7 @@ type target struct {
 	started, completed uint64
 	busy, durSum       float64
 	since              time.Time // of the last in-flight change
+	created            time.Time
 }
 
 // NewReplica starts a replica on 127.0.0.1. clk is its clock (nil: the
@@ -54,7 +58,7 @@ func NewReplica(name string, clk clock.PassiveClock) *Replica {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	r := &Replica{Name: name, now: clk.Now, targets: map[key]*target{}, version: extproc.SnapshotVersion}
+	r := &Replica{Name: name, now: clk.Now, booted: clk.Now(), targets: map[key]*target{}, version: extproc.SnapshotVersion}
 	r.bootID = fmt.Sprintf("boot-%d", boots.Add(1))
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	return r
@@ -92,14 +96,25 @@ func (r *Replica) Restart() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.bootID = fmt.Sprintf("boot-%d", boots.Add(1))
+	r.booted = r.now()
 	r.targets = map[key]*target{}
+}
+
+// Mutate makes the replica pass every snapshot it serves through m before
+// encoding it (nil: serve it as counted): tests forge impossible numbers
+// with it.
+func (r *Replica) Mutate(m func(*extproc.Snapshot)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mutate = m
 }
 
 func (r *Replica) get(ns, wl, pod string) *target {
 	k := key{ns, wl, pod}
 	t := r.targets[k]
 	if t == nil {
-		t = &target{since: r.now()}
+		now := r.now()
+		t = &target{since: now, created: now}
 		r.targets[k] = t
 	}
 	return t
@@ -122,12 +137,15 @@ func (r *Replica) Start(ns, wl, pod string, n int) {
 	t.started += uint64(n)
 }
 
-// Complete ends n requests of ns/wl on pod, each having taken d.
+// Complete ends n requests of ns/wl on pod, each having taken d (at most
+// the replica's uptime: a real replica cannot have counted longer).
 func (r *Replica) Complete(ns, wl, pod string, n int, d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.get(ns, wl, pod)
-	t.settle(r.now())
+	now := r.now()
+	t.settle(now)
+	d = min(d, now.Sub(r.booted))
 	n = min(n, int(t.inFlight))
 	t.inFlight -= int64(n)
 	t.completed += uint64(n)
@@ -158,13 +176,15 @@ func (r *Replica) Snapshot() extproc.Snapshot {
 func (r *Replica) snapshotLocked() extproc.Snapshot {
 	now := r.now()
 	s := extproc.Snapshot{Version: r.version, Replica: r.Name, BootID: r.bootID, Time: now,
-		Targets: make([]extproc.TargetRecord, 0, len(r.targets))}
+		UptimeSeconds: now.Sub(r.booted).Seconds(),
+		Targets:       make([]extproc.TargetRecord, 0, len(r.targets))}
 	for k, t := range r.targets {
 		t.settle(now)
 		s.Targets = append(s.Targets, extproc.TargetRecord{
 			Namespace: k.ns, Workload: k.wl, Service: k.wl, Pod: k.pod,
 			InFlight: t.inFlight, Started: t.started, Completed: t.completed,
 			BusySeconds: t.busy, DurationSecondsSum: t.durSum,
+			CreatedUptimeSeconds: max(t.created.Sub(r.booted).Seconds(), 0),
 		})
 	}
 	sort.Slice(s.Targets, func(i, j int) bool {
@@ -177,6 +197,9 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 		}
 		return a.Pod < b.Pod
 	})
+	if r.mutate != nil {
+		r.mutate(&s)
+	}
 	return s
 }
 
@@ -207,11 +230,22 @@ func (r *Replica) serve(w http.ResponseWriter, req *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// Static serves a fixed, pre-encoded snapshot body (for benchmarks, where
-// encoding on every request would measure the fake rather than the reader).
+// Static serves fixed counters, pre-encoded (for benchmarks, where encoding
+// on every request would measure the fake rather than the reader). Only
+// time and uptime_seconds are stamped per request: the snapshot's
+// UptimeSeconds plus the real time since Set, so that a reader sees a
+// replica that is up and idle. The counters must be consistent with that
+// (in_flight 0 for a steady state).
 type Static struct {
 	srv  *httptest.Server
-	body atomic.Pointer[[]byte]
+	body atomic.Pointer[staticBody]
+}
+
+type staticBody struct {
+	head    []byte // {"version":…,"replica":…,"boot_id":…,
+	targets []byte // ,"targets":[…]}
+	uptime  float64
+	set     time.Time
 }
 
 // NewStatic starts a server on 127.0.0.1 serving s.
@@ -221,19 +255,39 @@ func NewStatic(s extproc.Snapshot) (*Static, error) {
 		return nil, err
 	}
 	st.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		b := st.body.Load()
+		now := time.Now()
+		out := make([]byte, 0, len(b.head)+len(b.targets)+80)
+		out = append(out, b.head...)
+		out = append(out, `"time":"`...)
+		out = now.UTC().AppendFormat(out, time.RFC3339Nano)
+		out = append(out, `","uptime_seconds":`...)
+		out = strconv.AppendFloat(out, b.uptime+now.Sub(b.set).Seconds(), 'f', -1, 64)
+		out = append(out, b.targets...)
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(*st.body.Load())
+		_, _ = w.Write(out)
 	}))
 	return st, nil
 }
 
 // Set replaces the served snapshot.
 func (s *Static) Set(snap extproc.Snapshot) error {
-	b, err := json.Marshal(snap)
+	head, err := json.Marshal(struct {
+		Version string `json:"version"`
+		Replica string `json:"replica"`
+		BootID  string `json:"boot_id"`
+	}{snap.Version, snap.Replica, snap.BootID})
 	if err != nil {
 		return err
 	}
-	s.body.Store(&b)
+	targets, err := json.Marshal(snap.Targets)
+	if err != nil {
+		return err
+	}
+	b := &staticBody{uptime: snap.UptimeSeconds, set: time.Now()}
+	b.head = append(head[:len(head)-1], ',')
+	b.targets = append(append([]byte(`,"targets":`), targets...), '}')
+	s.body.Store(b)
 	return nil
 }
 

@@ -86,6 +86,9 @@ type Options struct {
 	// Config, if set, is an already running control plane to use instead
 	// of starting one (the e2e test's TestMain).
 	Config *rest.Config
+	// ExtprocArgs are appended to every extproc's flags (a later flag
+	// wins: e.g. --caller-identity mtls and its certificate files).
+	ExtprocArgs []string
 }
 
 // Stack is the running demo system.
@@ -182,8 +185,9 @@ func (s *Stack) StartExtproc(ctx context.Context, i int) (*Extproc, error) {
 		return nil, err
 	}
 	name := fmt.Sprintf("inflight-extproc-%d", i)
-	p, err := StartProc(name, s.opt.Dir, s.opt.Bins.Extproc, "--grpc-listen", grpcAddr, "--admin-listen", admin,
-		"--replica-name", name, "--drain-delay", "0s", "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes")
+	args := append([]string{"--grpc-listen", grpcAddr, "--admin-listen", admin,
+		"--replica-name", name, "--drain-delay", "0s", "--drain-timeout", "2s", "--log-format", "json", "--caller-identity", "trust-attributes"}, s.opt.ExtprocArgs...)
+	p, err := StartProc(name, s.opt.Dir, s.opt.Bins.Extproc, args...)
 	if err != nil {
 		return nil, err
 	}

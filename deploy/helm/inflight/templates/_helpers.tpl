@@ -81,6 +81,34 @@ Gi), or the explicit goMemLimit value. Call with .Values.extproc or
 {{- end -}}
 {{- end }}
 
+{{/*
+inflight.seconds: a duration of whole hours, minutes and seconds ("5m",
+"1h2m3s", "15s"; values.schema.json allows only these) in seconds.
+*/}}
+{{- define "inflight.seconds" -}}
+{{- $s := 0 -}}
+{{- range regexFindAll "[0-9]+[hms]" . -1 -}}
+{{- $n := trimSuffix "h" (trimSuffix "m" (trimSuffix "s" .)) | int -}}
+{{- $s = add $s (mul $n (get (dict "h" 3600 "m" 60 "s" 1) (substr (sub (len .) 1 | int) (len .) .))) -}}
+{{- end -}}
+{{ $s }}
+{{- end }}
+
+{{/*
+inflight.sidecarDrainSeconds: the extproc sidecar's terminationDrainDuration,
+drainDelay + drainTimeout + 5 s (the extproc has released its cut streams
+and exited by then). Fails unless terminationGracePeriodSeconds ≥ drainDelay
++ drainTimeout + 15 s, so that both exit before SIGKILL. Call with
+.Values.extproc.
+*/}}
+{{- define "inflight.sidecarDrainSeconds" -}}
+{{- $drain := add (include "inflight.seconds" .drainDelay | int) (include "inflight.seconds" .drainTimeout | int) -}}
+{{- if lt (int .terminationGracePeriodSeconds) (add $drain 15 | int) -}}
+{{- fail (printf "extproc.terminationGracePeriodSeconds=%d: want ≥ extproc.drainDelay (%s) + extproc.drainTimeout (%s) + 15 = %d, so the extproc and its sidecar exit before SIGKILL" (int .terminationGracePeriodSeconds) .drainDelay .drainTimeout (add $drain 15)) -}}
+{{- end -}}
+{{ add $drain 5 }}
+{{- end }}
+
 {{/* inflight.meshLabel: how the extproc pods ask for a sidecar. */}}
 {{- define "inflight.meshLabel" -}}
 {{- if .Values.mesh.revision -}}
