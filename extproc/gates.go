@@ -48,9 +48,11 @@ const (
 	// MaxGatesExpiresIn bounds expires_in_seconds: how long a document
 	// stays in force without a newer one (the controller sends one per tick).
 	MaxGatesExpiresIn = 300
-	// MaxHoldTimeoutSeconds is the longest hold_timeout_seconds accepted
-	// (the inflight.dev/hold-timeout annotation's bound).
-	MaxHoldTimeoutSeconds = 3600
+	// MaxHoldTimeoutSeconds is the longest hold_timeout_seconds accepted:
+	// 59 min, the inflight.dev/hold-timeout annotation's bound
+	// (scaling.MaxHoldTimeout), so that the override hold_timeout + 1 s is
+	// at most max_message_timeout, which Envoy caps at 1 h.
+	MaxHoldTimeoutSeconds = 3540
 	maxReadyEndpoints     = 100000
 	maxReleasePerEndpoint = 10000
 	maxGateLimit          = 1e7
