@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -47,6 +48,9 @@ func TestEngineStaticAccounting(t *testing.T) {
 	// 1 request/s of 3 s: 3 in service at once; 2 replicas × 2 slots suffice.
 	tr := fixed(600, 1, 30)
 	r := Run(m, tr, static(2), 2)
+	if s := Summarize(r); s.Requests != 600 {
+		t.Fatalf("measured %d requests", s.Requests)
+	}
 	s := Summarize(r)
 	if s.P99 != 0 || r.Served != 600 {
 		t.Fatalf("ample capacity should never queue: p99 %v served %d", s.P99, r.Served)
@@ -125,12 +129,13 @@ func TestDeterministic(t *testing.T) {
 func TestPoliciesOnAStep(t *testing.T) {
 	shape := Shapes()[0]
 	shape.Duration = 1500
-	shape.Steps = []float64{600}
-	shape.Rate = func(t float64) float64 {
-		if t >= 600 {
-			return 8
-		}
-		return 2
+	shape.Make = func(*rand.Rand, bool) (func(float64) float64, []float64) {
+		return func(t float64) float64 {
+			if t >= 600 {
+				return 8
+			}
+			return 2
+		}, []float64{600}
 	}
 	tr := Synthesize(shape, nil, 3)
 	m := DefaultModel()
@@ -147,21 +152,22 @@ func TestPoliciesOnAStep(t *testing.T) {
 	if r := got["cortex"].StepReaction; !(r >= 20) {
 		t.Errorf("cortex step reaction %v s, want ≥ 20 s (10 s ticks, 10 s lag, 60 s window)", r)
 	}
-	// The clairvoyant never queues and is the cheapest autoscaler.
-	cv := got["clairvoyant"]
+	// The zero-wait clairvoyant never queues, and nothing that keeps every
+	// wait at 0 is cheaper.
+	cv := got["clairvoyant-zero"]
 	if cv.P99 > 0.5 {
-		t.Errorf("clairvoyant p99 %v", cv.P99)
+		t.Errorf("clairvoyant-zero p99 %v", cv.P99)
 	}
 	for name, s := range got {
-		if name != "clairvoyant" && name != "static-peak" && s.GPUHours < cv.GPUHours && s.P99 <= cv.P99 {
-			t.Errorf("%s beats the clairvoyant on both cost and wait: %+v vs %+v", name, s, cv)
+		if name != "clairvoyant-zero" && s.GPUHours < cv.GPUHours && s.P99 <= cv.P99 {
+			t.Errorf("%s beats the zero-wait clairvoyant on both cost and wait: %+v vs %+v", name, s, cv)
 		}
 	}
 }
 
 func TestAblationSpecsCoverEveryIngredient(t *testing.T) {
 	specs := AblationSpecs()
-	if len(specs) != len(scaling.Ingredients()) {
+	if len(specs) < len(scaling.Ingredients()) {
 		t.Fatalf("%d ablations for %d ingredients", len(specs), len(scaling.Ingredients()))
 	}
 	for i, ing := range scaling.Ingredients() {
@@ -181,7 +187,8 @@ func TestExperimentReport(t *testing.T) {
 	if err := o.WriteMarkdown(&b, "cmd"); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Cost-vs-wait frontier", "| inflight |", "| clairvoyant |", "on-off"} {
+	for _, want := range []string{"## Cost-vs-wait frontier", "| inflight |", "| clairvoyant |", "on-off",
+		"## GPU-hours at p99 queue wait ≤ 10 s", "## Targets of issue 11", "| ray-serve |", "| static |", "| clairvoyant-zero |"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
