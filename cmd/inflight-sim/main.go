@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -169,6 +170,18 @@ func names(l string) map[string]bool {
 	return m
 }
 
+// unknownNames returns the names of the list l that are not in known, in
+// their order.
+func unknownNames(l string, known []string) []string {
+	var out []string
+	for _, f := range list(l) {
+		if !slices.Contains(known, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // Validate names the flag, the value and the allowed range of every bad option.
 func (o Options) Validate() error {
 	var errs []error
@@ -198,6 +211,13 @@ func (o Options) Validate() error {
 	}
 	if o.Parallel < 1 || o.Parallel > 256 {
 		bad("parallel", o.Parallel, "an integer between 1 and 256")
+	}
+	var known []string
+	for _, sp := range sim.Specs() {
+		known = append(known, sp.Name)
+	}
+	if unknown := unknownNames(o.Policies, known); len(unknown) > 0 {
+		bad("policies", o.Policies, fmt.Sprintf("names among %s (unknown: %s)", strings.Join(known, ", "), strings.Join(unknown, ", ")))
 	}
 	if _, err := o.seeds(); err != nil {
 		errs = append(errs, err)
@@ -308,13 +328,22 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if want := names(o.Traces); len(want) > 0 {
 		var kr, kw []sim.Trace
+		var known []string
 		for i, tr := range runs {
-			if base, _, _ := strings.Cut(tr.Name, "@"); want[base] || want[tr.Name] {
+			base, _, _ := strings.Cut(tr.Name, "@")
+			if !slices.Contains(known, base) {
+				known = append(known, base)
+			}
+			if tr.Name != base {
+				known = append(known, tr.Name)
+			}
+			if want[base] || want[tr.Name] {
 				kr, kw = append(kr, tr), append(kw, warms[i])
 			}
 		}
-		if len(kr) == 0 {
-			return fmt.Errorf("-traces=%s: no trace of that name", o.Traces)
+		if unknown := unknownNames(o.Traces, known); len(unknown) > 0 {
+			return fmt.Errorf("-traces=%s: no trace named %s in this run (known: %s)", o.Traces,
+				strings.Join(unknown, ", "), strings.Join(known, ", "))
 		}
 		runs, warms = kr, kw
 	}

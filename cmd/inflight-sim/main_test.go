@@ -30,6 +30,7 @@ func TestValidate(t *testing.T) {
 		{"held-out is the seed", func(o *Options) { o.HeldOut = "1" }, "seed 1 is the -seed"},
 		{"grid not numbers", func(o *Options) { o.Grid = "1,x" }, "-grid=1,x: want comma-separated multipliers"},
 		{"grid empty", func(o *Options) { o.Grid = " " }, "-grid"},
+		{"unknown policy", func(o *Options) { o.Policies = "inflight,static-peak" }, "-policies=inflight,static-peak: want names among inflight, "},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -54,6 +55,9 @@ func TestRunRejectsUnknownNames(t *testing.T) {
 	for _, args := range [][]string{
 		{"-trace", "", "-traces", "nope", "-out", t.TempDir()},
 		{"-trace", "", "-policies", "nope", "-out", t.TempDir()},
+		// One known name beside an unknown one is no excuse to drop it.
+		{"-trace", "", "-traces", "step,nope", "-out", t.TempDir()},
+		{"-trace", "", "-policies", "static,nope", "-out", t.TempDir()},
 	} {
 		if err := run(args, io.Discard); err == nil || !strings.Contains(err.Error(), "nope") {
 			t.Fatalf("%v: want the unknown name reported, got %v", args, err)

@@ -202,3 +202,38 @@ func TestExperimentReport(t *testing.T) {
 		t.Fatalf("timeline: %v", err)
 	}
 }
+
+// A target whose policies or families were not part of the run is "not
+// measured", never met by default; the scale-events target judges only
+// when Cortex ran.
+func TestTargetsNeedWhatTheyCompare(t *testing.T) {
+	tr := Trace{Name: "conv", Kind: "conversation"}
+	inflight := Summary{Policy: "inflight", Default: true, GPUHours: 5, P99: 2, ScaleEvents: 2}
+	o := Outcome{Traces: []Trace{tr}, Runs: []map[string][]Summary{{"inflight": {inflight}}}}
+	for _, tg := range o.Targets([]int{0}) {
+		if tg.Measured || !strings.HasPrefix(tg.Figure, "needs ") {
+			t.Errorf("%s: measured=%v figure %q with inflight alone", tg.Name, tg.Measured, tg.Figure)
+		}
+	}
+	o.Runs[0]["cortex"] = []Summary{{Policy: "cortex", Default: true, GPUHours: 5, P99: 3, ScaleEvents: 1}}
+	o.Runs[0]["static"] = []Summary{{Policy: "static", Knob: 6, GPUHours: 6, P99: 1}}
+	targets := o.Targets([]int{0})
+	got := func(prefix string) Target {
+		for _, tg := range targets {
+			if strings.HasPrefix(tg.Name, prefix) {
+				return tg
+			}
+		}
+		t.Fatalf("no target %q", prefix)
+		return Target{}
+	}
+	if tg := got("scale events"); !tg.Measured || tg.Met || tg.Figure != "conv: 2 vs Cortex 1" {
+		t.Errorf("scale events: %+v, want measured and missed (2 > 1)", tg)
+	}
+	if tg := got("≤ 5 %"); !tg.Measured || !tg.Met || tg.Figure != "conv -17 %" {
+		t.Errorf("vs static: %+v, want measured and met (5 vs 6 GPU-h)", tg)
+	}
+	if tg := got("within 15 %"); tg.Measured {
+		t.Errorf("diurnal target measured without a diurnal trace: %+v", tg)
+	}
+}
