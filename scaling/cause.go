@@ -46,6 +46,9 @@ const (
 	// CauseHysteresis: the demand is within Hysteresis of the current
 	// count, which is kept.
 	CauseHysteresis
+	// CauseWake: the workload is at zero replicas and there is demand (in
+	// flight, held or arriving): one replica at once.
+	CauseWake
 	numCauses
 )
 
@@ -64,6 +67,7 @@ var causeInfo = [numCauses]struct{ label, msg string }{
 	CauseMinReplicas:    {"min_replicas", "held at min-replicas"},
 	CauseMaxReplicas:    {"max_replicas", "held at max-replicas"},
 	CauseHysteresis:     {"hysteresis", "demand within the hysteresis band of the current count: kept"},
+	CauseWake:           {"wake", "demand at zero replicas: waking the workload"},
 }
 
 // Causes lists every cause, for pre-creating metric series.

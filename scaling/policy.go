@@ -112,6 +112,11 @@ type Observation struct {
 	Concurrency float64
 	// InFlight is the number of requests in flight (queued + running) at Time.
 	InFlight float64
+	// Held is the number of requests held at the edge at Time because the
+	// workload has no ready replica (scale from zero); they are not in
+	// InFlight. Any of them at zero replicas asks for a replica on this
+	// very tick (CauseWake).
+	Held float64
 	// Arrivals and Completions are the requests started and completed in the interval.
 	Arrivals, Completions float64
 	// MeanDuration is the mean duration of the requests completed recently (0: unknown).
@@ -627,6 +632,13 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	case want > cfg.MaxReplicas:
 		want, cause = cfg.MaxReplicas, CauseMaxReplicas
 		note("max-replicas %d", cfg.MaxReplicas)
+	}
+	// Wake: at zero replicas any demand (held, in flight, arriving) asks
+	// for a replica on this tick, whatever the windows say.
+	if waiting := math.Max(0, o.InFlight) + math.Max(0, o.Held); cur == 0 && want < 1 && cfg.MaxReplicas > 0 &&
+		(waiting > 0 || o.Arrivals > 0) {
+		want, cause = 1, CauseWake
+		note("%.0f waiting at zero replicas: wake", math.Max(waiting, o.Arrivals))
 	}
 	d.Desired, d.Cause = want, cause
 	switch {

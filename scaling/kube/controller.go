@@ -55,6 +55,7 @@ type Controller struct {
 	pods               corelisters.PodLister
 	podIndex           cache.Indexer
 	slices             discoverylisters.EndpointSliceLister
+	services           corelisters.ServiceLister
 	synced             []cache.InformerSynced
 
 	broadcaster record.EventBroadcaster
@@ -107,6 +108,13 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		return nil, err
 	}
 	c.podIndex = pInf.Informer().GetIndexer()
+	// The Services of the watched namespaces: edge targets are Services,
+	// mapped to the Deployments their selectors select (services.go).
+	svcInf := c.factory.Core().V1().Services()
+	if err := svcInf.Informer().SetTransform(slimService); err != nil {
+		return nil, err
+	}
+	c.services = svcInf.Lister()
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
@@ -114,7 +122,8 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		}))
 	sInf := c.epFactory.Discovery().V1().EndpointSlices()
 	c.pods, c.slices = pInf.Lister(), sInf.Lister()
-	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced}
+	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced,
+		svcInf.Informer().HasSynced}
 
 	c.broadcaster = record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 100, QPS: 1}))
 	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: FieldManager, Host: opt.Identity})
