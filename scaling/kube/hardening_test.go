@@ -208,9 +208,18 @@ func TestStrayAnnotationsWarn(t *testing.T) {
 	e.pod("typo", "typo-1")
 	e.deployment("llama", fastAnn(), 1)
 	e.pod("llama", "llama-1")
+	// slo-wait alone enables inflight (issue 11): managed, no warning.
+	e.deployment("slo", map[string]string{"inflight.dev/slo-wait": "2s", "inflight.dev/max-replicas": "8"}, 1)
 	a := e.replica("a")
 	a.SetInFlight(e.ns, "typo", "typo-1", 6, time.Second)
 	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+	eventually(t, 30*time.Second, "the slo-wait Deployment managed", func() bool {
+		w := r.workload(e.ns, "slo")
+		return w != nil && w.ConfigError == "" && w.Last != nil
+	})
+	if ev := findEvent(e.events("slo"), ReasonInvalidConfig); ev != nil {
+		t.Errorf("slo-wait alone warned: %s", ev.Message)
+	}
 
 	eventually(t, 30*time.Second, "Warning Events for the typo and the missing target", func() bool {
 		evs := e.events("typo")

@@ -121,6 +121,14 @@ func (c *Controller) isLivePodOf(v *view, w collect.Workload, pod string) bool {
 		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 }
 
+// enabled reports whether a Deployment's annotations enable inflight:
+// inflight.dev/target or inflight.dev/slo-wait is set.
+func enabled(ann map[string]string) bool {
+	_, target := ann[TargetAnnotation]
+	_, slo := ann[SLOWaitAnnotation]
+	return target || slo
+}
+
 // view reads the annotated Deployments and their pods from the informer
 // caches; ok is false when the cache could not be read.
 func (c *Controller) view() (v *view, ok bool) {
@@ -135,7 +143,7 @@ func (c *Controller) view() (v *view, ok bool) {
 		if !ok {
 			continue
 		}
-		if _, managed := dep.Annotations[TargetAnnotation]; !managed {
+		if !enabled(dep.Annotations) {
 			v.stray = append(v.stray, dep)
 			continue
 		}
