@@ -77,36 +77,24 @@ import (
 var jsonAPI = jsoniter.Config{EscapeHTML: true, SortMapKeys: true, ValidateJsonRawMessage: true,
 	ObjectFieldMustBeSimpleString: true}.Froze()
 
-// record is one snapshot record as the collector reads it: the contract's
-// TargetRecord plus issue 12's additive fields (ISSUE12.md), declared
-// here until extproc.TargetRecord carries them (a field of the outer
-// struct wins over an embedded one of the same JSON name).
-type record struct {
-	extproc.TargetRecord
-	// Source is "inbound" or "edge" ("" from an extproc that predates it:
-	// see edge).
-	Source string `json:"source,omitempty"`
-	// Held is the part of InFlight waiting in an edge hold queue.
-	Held int64 `json:"held,omitempty"`
-}
+// record and snapshot are the contract's types.
+type (
+	record   = extproc.TargetRecord
+	snapshot = extproc.Snapshot
+)
 
-// edge reports whether r is an edge record (a Service seen at a gateway or
-// an outbound sidecar, with no workload or pod): its source says so, or,
-// from an extproc that does not say, it names a Service and no workload.
-func (r *record) edge() bool {
+// isEdge reports whether r is an edge record (a Service seen at a gateway
+// or an outbound sidecar, with no workload or pod): its source says so,
+// or, from an extproc that does not say, it names a Service and no
+// workload.
+func isEdge(r *record) bool {
 	return r.Source == SourceEdge || r.Source == "" && r.Workload == "" && r.Service != ""
-}
-
-// snapshot is extproc.Snapshot with the collector's records.
-type snapshot struct {
-	extproc.Snapshot
-	Targets []record `json:"targets"`
 }
 
 // Record sources (the snapshot's "source"), and Sample.Source.
 const (
-	SourceInbound = "inbound"
-	SourceEdge    = "edge"
+	SourceInbound = string(mesh.SourceInbound)
+	SourceEdge    = string(mesh.SourceEdge)
 	// SourceBoth (Sample.Source only): the workload's inbound sidecars
 	// count it, and an edge sees requests for its Services too.
 	SourceBoth = "both"
@@ -636,7 +624,7 @@ func (c *Collector) merge(out []fetched, attr Attribution, edges EdgeMap) Result
 			s.durs[0] += f * float64(r.Completed-p.Completed)
 			s.durs[1] += f * (r.DurationSecondsSum - p.DurationSecondsSum)
 		}
-		if r.edge() {
+		if isEdge(r) {
 			sh := shares(r)
 			if len(sh) == 0 {
 				res.Unmapped += float64(r.InFlight)
@@ -698,9 +686,9 @@ func (c *Collector) merge(out []fetched, attr Attribution, edges EdgeMap) Result
 				// the counts of whoever they were for are a lower bound.
 				w, yes := attr(key(n))
 				switch {
-				case n.Reason == "" && !n.edge() && yes:
+				case n.Reason == "" && !isEdge(n) && yes:
 					res.PartialWorkloads[w] = true
-				case n.Reason == "" && n.edge() && len(shares(n)) > 0:
+				case n.Reason == "" && isEdge(n) && len(shares(n)) > 0:
 					for _, x := range shares(n) {
 						res.PartialWorkloads[x.Workload] = true
 					}

@@ -219,6 +219,14 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 			CreatedUptimeSeconds: max(t.created.Sub(r.booted).Seconds(), 0),
 		})
 	}
+	for i := range s.Targets {
+		t := &s.Targets[i]
+		t.Source = "inbound"
+		if t.Workload == "" {
+			t.Source = "edge"
+		}
+		t.Held = r.targets[key{t.Namespace, t.Workload, t.Service, t.Pod}].held
+	}
 	sort.Slice(s.Targets, func(i, j int) bool {
 		a, b := s.Targets[i], s.Targets[j]
 		if a.Namespace != b.Namespace {
@@ -238,37 +246,6 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 	return s
 }
 
-// wire is a snapshot with issue 12's record fields (source, held), which
-// extproc.TargetRecord does not carry yet.
-type wire struct {
-	extproc.Snapshot
-	Targets []wireRecord `json:"targets"`
-}
-
-type wireRecord struct {
-	extproc.TargetRecord
-	Source string `json:"source,omitempty"`
-	Held   int64  `json:"held,omitempty"`
-}
-
-func (r *Replica) wireLocked(s extproc.Snapshot) wire {
-	out := wire{Snapshot: s, Targets: make([]wireRecord, len(s.Targets))}
-	for i, t := range s.Targets {
-		w := wireRecord{TargetRecord: t}
-		if t.Reason == "" {
-			w.Source = "inbound"
-			if t.Workload == "" {
-				w.Source = "edge"
-			}
-		}
-		if tg := r.targets[key{t.Namespace, t.Workload, t.Service, t.Pod}]; tg != nil {
-			w.Held = tg.held
-		}
-		out.Targets[i] = w
-	}
-	return out
-}
-
 func (r *Replica) serve(w http.ResponseWriter, req *http.Request) {
 	if req.URL.Path != "/v1/snapshot" {
 		http.NotFound(w, req)
@@ -279,7 +256,7 @@ func (r *Replica) serve(w http.ResponseWriter, req *http.Request) {
 	var body []byte
 	var err error
 	if status == 0 {
-		body, err = json.Marshal(r.wireLocked(r.snapshotLocked()))
+		body, err = json.Marshal(r.snapshotLocked())
 		r.served++
 	}
 	r.mu.Unlock()
