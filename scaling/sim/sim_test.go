@@ -233,7 +233,7 @@ func TestTargetsNeedWhatTheyCompare(t *testing.T) {
 	if tg := got("≤ 5 %"); !tg.Measured || !tg.Met || tg.Figure != "conv -17 %" {
 		t.Errorf("vs static: %+v, want measured and met (5 vs 6 GPU-h)", tg)
 	}
-	if tg := got("within 15 %"); tg.Measured {
+	if tg := got("at most 15 %"); tg.Measured {
 		t.Errorf("diurnal target measured without a diurnal trace: %+v", tg)
 	}
 }
