@@ -26,8 +26,8 @@ import (
 	"github.com/inflight-dev/inflight/scaling/collect"
 )
 
-// TargetAnnotation and SLOWaitAnnotation enable inflight on a Deployment
-// (either one).
+// TargetAnnotation and SLOWaitAnnotation each enable inflight on a
+// Deployment (scaling.Enabled).
 const (
 	TargetAnnotation  = scaling.AnnotationPrefix + scaling.AnnTarget
 	SLOWaitAnnotation = scaling.AnnotationPrefix + scaling.AnnSLOWait

@@ -59,7 +59,7 @@ func slimDeployment(obj any) (any, error) {
 
 // view is what one tick reads of the cluster, once, before it fetches: the
 // Deployments with inflight.dev/ annotations (managed: with
-// inflight.dev/target; stray: without) and the live pods of each managed
+// inflight.dev/target or inflight.dev/slo-wait; stray: without) and the live pods of each managed
 // one, which decide what a snapshot's targets count for.
 type view struct {
 	c              *Controller
@@ -121,14 +121,6 @@ func (c *Controller) isLivePodOf(v *view, w collect.Workload, pod string) bool {
 		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 }
 
-// enabled reports whether a Deployment's annotations enable inflight:
-// inflight.dev/target or inflight.dev/slo-wait is set.
-func enabled(ann map[string]string) bool {
-	_, target := ann[TargetAnnotation]
-	_, slo := ann[SLOWaitAnnotation]
-	return target || slo
-}
-
 // view reads the annotated Deployments and their pods from the informer
 // caches; ok is false when the cache could not be read.
 func (c *Controller) view() (v *view, ok bool) {
@@ -143,7 +135,7 @@ func (c *Controller) view() (v *view, ok bool) {
 		if !ok {
 			continue
 		}
-		if !enabled(dep.Annotations) {
+		if !scaling.Enabled(dep.Annotations) {
 			v.stray = append(v.stray, dep)
 			continue
 		}
