@@ -71,7 +71,7 @@ bench:
 
 ## sim: replay the traces through inflight and the baselines; writes scaling/sim/results/
 sim:
-	$(GO) run ./cmd/inflight-sim
+	$(GO) run ./cmd/inflight-sim -readme README.md
 
 # make demo (its own file, owned with the demo)
 include test/demo/demo.mk

@@ -1,10 +1,16 @@
 package extproc
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -12,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Admin serves the admin HTTP port: /v1/snapshot, /metrics, /healthz and
-// /readyz. It must not be exposed outside the cluster (see deploy/).
+// Admin serves the admin HTTP port: /v1/snapshot, /metrics, /healthz,
+// /readyz and, with Gates, PUT and GET /v1/gates. It must not be exposed
+// outside the cluster (see deploy/): only the leading controller may send
+// gates.
 type Admin struct {
 	Tracker  *Tracker
 	Replica  string
@@ -25,6 +33,8 @@ type Admin struct {
 	Wall func() time.Time
 	// Draining is reported in snapshots; the binary sets it on SIGTERM.
 	Draining *atomic.Bool
+	// Gates, if set, are what PUT /v1/gates updates.
+	Gates *Gates
 }
 
 // NewBootID returns a random identifier for one process start.
@@ -62,6 +72,9 @@ func (a *Admin) Snapshot() Snapshot {
 const (
 	maxSnapshotsInFlight = 4
 	maxScrapesInFlight   = 2
+	// Only the leading controller sends gates; two at once allow a leader
+	// change, and bound the documents decoded at once.
+	maxGatePutsInFlight = 2
 )
 
 // Handler returns the admin HTTP handler.
@@ -81,6 +94,36 @@ func (a *Admin) Handler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(a.Snapshot())
 	})
+	if a.Gates != nil {
+		puts := make(chan struct{}, maxGatePutsInFlight)
+		mux.HandleFunc("PUT /v1/gates", func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case puts <- struct{}{}:
+				defer func() { <-puts }()
+			default:
+				w.Header().Set("Retry-After", "1")
+				http.Error(w, "too many gate documents at once", http.StatusServiceUnavailable)
+				return
+			}
+			doc, status, err := decodeGates(w, r)
+			if err == nil {
+				status = http.StatusBadRequest
+				if err = a.Gates.Apply(doc); errors.Is(err, ErrGatesClosed) {
+					status = http.StatusServiceUnavailable
+				}
+			}
+			if err != nil {
+				http.Error(w, "PUT /v1/gates: "+err.Error(), status)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		})
+		mux.HandleFunc("GET /v1/gates", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			_ = json.NewEncoder(w).Encode(a.Gates.Status())
+		})
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{MaxRequestsInFlight: maxScrapesInFlight}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -93,4 +136,56 @@ func (a *Admin) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// decodeGates reads a PUT /v1/gates body of at most MaxGatesBytes (413
+// beyond), one JSON object and nothing after it (400 otherwise, naming the
+// field when the JSON has the wrong type). Unknown fields are ignored.
+func decodeGates(w http.ResponseWriter, r *http.Request) (*GatesDocument, int, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxGatesBytes))
+	var doc GatesDocument
+	err := dec.Decode(&doc)
+	if err == nil && dec.More() {
+		err = errors.New("data after the JSON document")
+	}
+	var tooLarge *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	var fieldErr gatesFieldError
+	switch {
+	case err == nil:
+		return &doc, 0, nil
+	case errors.As(err, &tooLarge):
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", MaxGatesBytes)
+	case errors.As(err, &fieldErr):
+		return nil, http.StatusBadRequest, fieldErr
+	case errors.As(err, &typeErr):
+		return nil, http.StatusBadRequest, fmt.Errorf("%s: want a JSON %s, got %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	default:
+		return nil, http.StatusBadRequest, fmt.Errorf("invalid JSON: %w", err)
+	}
+}
+
+// PutGates sends doc to an extproc's admin server at base
+// ("http://host:port"), as the leading controller does each tick. It
+// returns the server's message for a refused document.
+func PutGates(ctx context.Context, c *http.Client, base string, doc *GatesDocument) error {
+	body, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, base+"/v1/gates", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return fmt.Errorf("PUT %s/v1/gates: %s: %s", base, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
 }

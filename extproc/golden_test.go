@@ -24,8 +24,10 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // goldenTracker is a tracker in a known state on a fake clock: one target
 // with a finished request (2 s), one running (1.5 s so far) and one that
-// arrived over the open-stream cap (untracked), an unknown request, all read
-// 3 s after the tracker started.
+// arrived over the open-stream cap (untracked), an unknown request, and an
+// edge target (a Service) with four held requests — one released and
+// running, one timed out, one abandoned, one still held — and one shed; all
+// read 3 s after the tracker started.
 func goldenTracker(t *testing.T) (*Tracker, *fakeClock) {
 	c := newFakeClock()
 	tr := NewTracker(TrackerOptions{Now: c.Now})
@@ -33,10 +35,20 @@ func goldenTracker(t *testing.T) (*Tracker, *fakeClock) {
 	c.Advance(1500 * time.Millisecond)
 	b := tr.Start(vllm, mesh.ReasonNone)
 	u := tr.Start(mesh.Target{}, mesh.ReasonNoNamespace)
+	edge := mesh.Target{Namespace: "models", Service: "llama"}
+	h := make([]Request, 4)
+	for i := range h {
+		h[i] = tr.StartHeld(edge, mesh.ReasonNone)
+	}
+	tr.Shed(edge, mesh.ReasonNone)
 	c.Advance(500 * time.Millisecond)
 	tr.End(&a)
 	tr.End(&u)
 	tr.Untracked(vllm, mesh.ReasonNone)
+	tr.Released(&h[0])
+	tr.HoldTimedOut(&h[1])
+	tr.End(&h[1])
+	tr.End(&h[2])
 	c.Advance(time.Second)
 	_ = b
 	return tr, c
@@ -62,7 +74,7 @@ func TestSnapshotGolden(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
 		t.Fatal(err)
 	}
-	if s.Version != SnapshotVersion || len(s.Targets) != 2 || s.UptimeSeconds != 3 {
+	if s.Version != SnapshotVersion || len(s.Targets) != 3 || s.UptimeSeconds != 3 {
 		t.Fatalf("decoded %+v", s)
 	}
 }
@@ -74,6 +86,7 @@ func TestMetricsGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.now = func() time.Time { return m.epoch.Add(7 * time.Second) } // gates_age_seconds: none received, 7 s after start
 	m.ends[endBodyEOS].Inc()
 	m.ends[endCanceled].Inc()
 	m.streamErrors.WithLabelValues("Unavailable").Inc()

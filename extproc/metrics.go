@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -9,9 +10,15 @@ import (
 // Metrics are the extproc's Prometheus metrics. The per-target series are
 // read from the Tracker at scrape time, so the hot path pays nothing for them.
 type Metrics struct {
-	open        atomic.Int64 // streams in Process now
-	maxOpen     atomic.Int64 // the server's cap (0: none)
-	overReaders atomic.Int64 // over-limit streams waiting for their first message
+	open         atomic.Int64 // streams in Process now
+	maxOpen      atomic.Int64 // the server's cap (0: none)
+	overReaders  atomic.Int64 // over-limit streams waiting for their first message
+	held         atomic.Int64 // requests in a hold queue (Gates)
+	maxHeld      atomic.Int64 // the gates' cap on held requests
+	epoch        time.Time
+	now          func() time.Time          // the clock of gates_age_seconds
+	gatesAt      atomic.Pointer[time.Time] // when the gates in force were received
+	gatesEntries atomic.Int64              // entries of the gates in force (0: none)
 
 	streamsActive prometheus.GaugeFunc
 	maxStreams    prometheus.GaugeFunc
@@ -25,6 +32,17 @@ type Metrics struct {
 	noStartVec    *prometheus.CounterVec
 	overLimitVec  *prometheus.CounterVec
 	evicted       prometheus.Counter
+
+	gatesAge      prometheus.GaugeFunc
+	gatesGauge    prometheus.GaugeFunc
+	heldGauge     prometheus.GaugeFunc
+	maxHeldGauge  prometheus.GaugeFunc
+	gatesExpired  prometheus.Counter
+	gatesRejected prometheus.Counter
+	releases      [numReleaseCauses]prometheus.Counter
+	shedBy        [numShedLimits]prometheus.Counter
+	releasesVec   *prometheus.CounterVec
+	shedByVec     *prometheus.CounterVec
 }
 
 // How a stream opened beyond the open-stream cap was handled. Values index
@@ -37,6 +55,8 @@ const (
 
 func newMetrics() *Metrics {
 	m := &Metrics{
+		epoch: time.Now(),
+		now:   time.Now,
 		streamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inflight_extproc_stream_errors_total",
 			Help: "ext_proc streams that ended with an error other than EOF or cancellation, by gRPC code.",
@@ -61,6 +81,22 @@ func newMetrics() *Metrics {
 			Name: "inflight_extproc_targets_evicted_total",
 			Help: "Target records evicted after --target-idle-ttl with nothing in flight and no change.",
 		}),
+		gatesExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "inflight_extproc_gates_expired_total",
+			Help: "Times the gate table expired without a newer PUT /v1/gates: every held request was released and nothing was shed until the next one (fail-open).",
+		}),
+		gatesRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "inflight_extproc_gates_rejected_total",
+			Help: "PUT /v1/gates documents refused as invalid (400); the table in force stays.",
+		}),
+		releasesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inflight_extproc_hold_releases_total",
+			Help: "Held requests released (CONTINUE), by cause: ready (the gate reports ready endpoints; paced), or fail-open: expired (the gate table expired), no_gate (the gate was removed or stopped holding), shutdown.",
+		}, []string{"cause"}),
+		shedByVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inflight_extproc_shed_by_limit_total",
+			Help: "Requests shed (429), by the limit they met: max_in_flight or max_held (the gate's, this replica's share) or extproc_max_held (--max-held).",
+		}, []string{"limit"}),
 	}
 	m.streamsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "inflight_extproc_streams_active",
@@ -70,14 +106,42 @@ func newMetrics() *Metrics {
 		Name: "inflight_extproc_max_open_streams",
 		Help: "The open-stream cap (--max-open-streams); 0 means none.",
 	}, func() float64 { return float64(m.maxOpen.Load()) })
+	m.gatesAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "inflight_extproc_gates_age_seconds",
+		Help: "Seconds since the last accepted PUT /v1/gates (since the process started if none was).",
+	}, func() float64 {
+		if t := m.gatesAt.Load(); t != nil {
+			return m.now().Sub(*t).Seconds()
+		}
+		return m.now().Sub(m.epoch).Seconds()
+	})
+	m.gatesGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "inflight_extproc_gates",
+		Help: "Entries of the gate table in force; 0 when none is (never received, expired or shutting down).",
+	}, func() float64 { return float64(m.gatesEntries.Load()) })
+	m.heldGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "inflight_extproc_held_requests",
+		Help: "Requests held now on this replica, all Services (per Service: inflight_extproc_held).",
+	}, func() float64 { return float64(m.held.Load()) })
+	m.maxHeldGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "inflight_extproc_max_held",
+		Help: "The cap on held requests (--max-held); beyond it a request for a Service at zero is shed.",
+	}, func() float64 { return float64(m.maxHeld.Load()) })
+	for c := range numReleaseCauses {
+		m.releases[c] = m.releasesVec.WithLabelValues(releaseCauseNames[c])
+	}
+	for l := range numShedLimits {
+		m.shedBy[l] = m.shedByVec.WithLabelValues(shedLimitNames[l])
+	}
 	unregistered := prometheus.NewCounter(prometheus.CounterOpts{Name: "unused"})
 	for c := range numEndCauses {
 		m.ends[c] = m.endsVec.WithLabelValues(endCauseNames[c])
 		m.noResponse[c] = unregistered
 	}
-	for c := range numEndCauses {
+	for c := range endHoldTimeout { // a hold timeout ends a started request
 		m.noStart[c] = m.noStartVec.WithLabelValues(endCauseNames[c])
 	}
+	m.noStart[endHoldTimeout] = unregistered
 	// A request without a response message can only end by its stream's end.
 	for _, c := range []endCause{endStreamEOF, endCanceled, endStreamErr} {
 		m.noResponse[c] = m.noResponseVec.WithLabelValues(endCauseNames[c])
@@ -92,7 +156,8 @@ func newMetrics() *Metrics {
 func NewMetrics(reg prometheus.Registerer, tr *Tracker) (*Metrics, error) {
 	m := newMetrics()
 	for _, c := range []prometheus.Collector{m.streamsActive, m.maxStreams, m.streamErrors, m.endsVec,
-		m.noResponseVec, m.noStartVec, m.overLimitVec, m.evicted, &trackerCollector{tr: tr}} {
+		m.noResponseVec, m.noStartVec, m.overLimitVec, m.evicted, m.gatesAge, m.gatesGauge, m.heldGauge, m.maxHeldGauge,
+		m.gatesExpired, m.gatesRejected, m.releasesVec, m.shedByVec, &trackerCollector{tr: tr}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -121,6 +186,18 @@ var (
 		"Duration of ended requests, from request headers to the end of the response or the stream.", targetLabels, nil)
 	descUntracked = prometheus.NewDesc("inflight_requests_untracked_total",
 		"Requests that arrived while the open-stream cap was reached, per target: answered at once, not in any other counter (exported once non-zero).", targetLabels, nil)
+	descHeld = prometheus.NewDesc("inflight_extproc_held",
+		"Requests held now (part of inflight_requests_in_flight), per target: edge requests for a workload with no ready endpoint (exported once a request was held).", targetLabels, nil)
+	descHeldTotal = prometheus.NewDesc("inflight_extproc_held_total",
+		"Requests held, per target; each leaves the hold once: released, hold timeout or abandoned.", targetLabels, nil)
+	descReleased = prometheus.NewDesc("inflight_extproc_released_total",
+		"Held requests released (CONTINUE), per target.", targetLabels, nil)
+	descHoldTimeouts = prometheus.NewDesc("inflight_extproc_hold_timeouts_total",
+		"Held requests answered 503 with Retry-After at their hold timeout, per target.", targetLabels, nil)
+	descHoldAbandoned = prometheus.NewDesc("inflight_extproc_hold_abandoned_total",
+		"Held requests whose client went away while held, per target.", targetLabels, nil)
+	descShed = prometheus.NewDesc("inflight_extproc_shed_total",
+		"Requests shed (answered 429 with Retry-After over a limit), per target; in no other counter (exported once non-zero).", targetLabels, nil)
 	descTargets = prometheus.NewDesc("inflight_extproc_targets",
 		"Target records tracked (bounded by --max-targets and --max-targets-per-namespace; beyond them requests count under reason=\"overflow\" or \"namespace_overflow\").", nil, nil)
 )
@@ -129,7 +206,8 @@ var (
 type trackerCollector struct{ tr *Tracker }
 
 func (c *trackerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descStarted, descCompleted, descBusy, descDuration, descUntracked, descTargets} {
+	for _, d := range []*prometheus.Desc{descInFlight, descStarted, descCompleted, descBusy, descDuration, descUntracked, descTargets,
+		descHeld, descHeldTotal, descReleased, descHoldTimeouts, descHoldAbandoned, descShed} {
 		ch <- d
 	}
 }
@@ -146,6 +224,16 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBusy, prometheus.CounterValue, r.BusySeconds, lv...)
 		if r.Untracked > 0 {
 			ch <- prometheus.MustNewConstMetric(descUntracked, prometheus.CounterValue, float64(r.Untracked), lv...)
+		}
+		if r.HeldTotal > 0 {
+			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(r.Held), lv...)
+			ch <- prometheus.MustNewConstMetric(descHeldTotal, prometheus.CounterValue, float64(r.HeldTotal), lv...)
+			ch <- prometheus.MustNewConstMetric(descReleased, prometheus.CounterValue, float64(r.Released), lv...)
+			ch <- prometheus.MustNewConstMetric(descHoldTimeouts, prometheus.CounterValue, float64(r.HoldTimeouts), lv...)
+			ch <- prometheus.MustNewConstMetric(descHoldAbandoned, prometheus.CounterValue, float64(r.HoldAbandoned), lv...)
+		}
+		if r.Shed > 0 {
+			ch <- prometheus.MustNewConstMetric(descShed, prometheus.CounterValue, float64(r.Shed), lv...)
 		}
 		cum := make(map[float64]uint64, len(bounds))
 		var n uint64

@@ -1,9 +1,11 @@
 package extproc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"go.uber.org/zap"
@@ -17,20 +19,27 @@ import (
 type endCause uint8
 
 const (
-	endBodyEOS    endCause = iota // response body end_of_stream
-	endHeadersEOS                 // response headers end_of_stream (no body)
-	endTrailers                   // response trailers
-	endStreamEOF                  // Envoy half-closed the stream
-	endCanceled                   // the stream was cancelled (Envoy's reset, shutdown)
-	endStreamErr                  // any other stream error, or an invalid message
+	endBodyEOS     endCause = iota // response body end_of_stream
+	endHeadersEOS                  // response headers end_of_stream (no body)
+	endTrailers                    // response trailers
+	endStreamEOF                   // Envoy half-closed the stream
+	endCanceled                    // the stream was cancelled (Envoy's reset, shutdown)
+	endStreamErr                   // any other stream error, or an invalid message
+	endHoldTimeout                 // held until its hold timeout, answered 503
 	numEndCauses
 )
 
-var endCauseNames = [numEndCauses]string{"response_body_eos", "response_headers_eos", "response_trailers", "stream_eof", "stream_canceled", "stream_error"}
+var endCauseNames = [numEndCauses]string{"response_body_eos", "response_headers_eos", "response_trailers", "stream_eof", "stream_canceled", "stream_error", "hold_timeout"}
 
-// Server is the ext_proc gRPC service. It never blocks Envoy: it replies to
-// every message that needs a reply at once, with CONTINUE of the matching
-// type, and in observability mode it sends nothing.
+// DefaultRetryAfter is the Retry-After of the local replies (shed, hold
+// timeout) when ServerOptions.RetryAfter is 0.
+const DefaultRetryAfter = time.Second
+
+// Server is the ext_proc gRPC service. It replies to every message that
+// needs a reply at once, with CONTINUE of the matching type, and in
+// observability mode it sends nothing — except in control mode when Gates
+// say so: then it holds a request's request_headers unanswered (scale from
+// zero) or answers it locally (shedding, hold timeout).
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
@@ -40,6 +49,9 @@ type Server struct {
 	auth    Authenticator
 	policy  *mesh.CallerPolicy
 	maxOpen int64
+	gates   *Gates
+	// The local replies, built once.
+	shedReply, holdTimeoutReply *extprocv3.ProcessingResponse
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -68,12 +80,21 @@ type ServerOptions struct {
 	// goes on without the extproc; its request, when its request_headers
 	// can be read, is counted in its target's untracked_total.
 	MaxOpenStreams int
+	// Gates, if set, hold and shed control-mode requests (ISSUE12.md);
+	// nil: never. Observability-mode requests are never held or shed.
+	Gates *Gates
+	// RetryAfter is the Retry-After of the local replies, rounded up to
+	// whole seconds; 0 means DefaultRetryAfter.
+	RetryAfter time.Duration
 }
 
 // NewServer returns a Server that counts into tracker.
 func NewServer(tracker *Tracker, o ServerOptions) *Server {
 	s := &Server{tracker: tracker, metrics: o.Metrics, log: o.Log, auth: o.Authenticator, policy: o.Policy,
-		maxOpen: int64(o.MaxOpenStreams)}
+		maxOpen: int64(o.MaxOpenStreams), gates: o.Gates}
+	retryAfter := cmp.Or(o.RetryAfter, DefaultRetryAfter)
+	s.shedReply = immediateReply(replyShed, retryAfter)
+	s.holdTimeoutReply = immediateReply(replyHoldTimeout, retryAfter)
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
@@ -90,8 +111,9 @@ func NewServer(tracker *Tracker, o ServerOptions) *Server {
 // stream is one Process call's request state, on its goroutine only.
 type stream struct {
 	req      Request
-	started  bool // request_headers seen (the request was counted)
-	response bool // a response-direction message seen
+	adm      admission // its place in its gate's counts, if any
+	started  bool      // request_headers seen (the request was counted, or shed)
+	response bool      // a response-direction message seen
 }
 
 // Process handles one ext_proc stream, i.e. one HTTP request.
@@ -124,9 +146,21 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 		case evStart:
 			// A second request_headers on one stream is a protocol
 			// violation; it is answered but never counted twice.
-			if !st.started {
-				st.started = true
-				st.req = s.start(ps.Context(), msg)
+			if st.started {
+				break
+			}
+			st.started = true
+			switch s.start(ps.Context(), msg, &st) {
+			case admitShed:
+				// Envoy closes the stream itself after a local reply.
+				_ = ps.Send(s.shedReply)
+				return nil
+			case admitHold:
+				var released bool
+				var err error
+				if released, cause, err = s.hold(ps, &st); !released {
+					return err
+				}
 			}
 		case evEnd:
 			cause = m.cause
@@ -159,6 +193,7 @@ func (s *Server) finish(st *stream, c endCause) {
 // end releases the stream's request, if it is counted and not yet ended,
 // recording how it ended.
 func (s *Server) end(st *stream, c endCause) {
+	st.adm.leave()
 	if !st.req.Started() {
 		return
 	}
@@ -202,10 +237,61 @@ func (s *Server) overLimit(ps extprocv3.ExternalProcessor_ProcessServer) error {
 // start counts the request a request_headers message begins: for the
 // target its attributes name if the caller may speak for that namespace,
 // else under the reason why not. This is the per-request decision point
-// after request_headers.
-func (s *Server) start(ctx context.Context, msg *extprocv3.ProcessingRequest) Request {
+// after request_headers: in control mode the gates may hold the request
+// (it is counted in flight and held at once) or shed it (counted as shed
+// only).
+func (s *Server) start(ctx context.Context, msg *extprocv3.ProcessingRequest, st *stream) verdict {
 	t, reason := s.resolve(ctx, msg)
-	return s.tracker.Start(t, reason)
+	if s.gates == nil || msg.GetObservabilityMode() {
+		st.req = s.tracker.Start(t, reason)
+		return admitContinue
+	}
+	adm, v := s.gates.admit(t, reason)
+	switch v {
+	case admitShed:
+		s.tracker.Shed(t, reason)
+		return v
+	case admitHold:
+		st.req = s.tracker.StartHeld(t, reason)
+	default:
+		st.req = s.tracker.Start(t, reason)
+	}
+	st.adm = adm
+	return v
+}
+
+// hold keeps a held request's request_headers unanswered: it first extends
+// Envoy's message timer to the hold timeout + 1 s (one override per message,
+// ENVOY.md §5), then waits for the first of its gate's release (it reports
+// true: the caller sends the CONTINUE), its hold timeout (a 503 with
+// Retry-After is sent) and its stream's end (the client or Envoy went
+// away). Otherwise it returns how the stream ends and what Process
+// returns.
+func (s *Server) hold(ps extprocv3.ExternalProcessor_ProcessServer, st *stream) (bool, endCause, error) {
+	h := st.adm.ticket
+	if err := ps.Send(overrideMessageTimeout(min(h.timeout+time.Second, maxOverride))); err != nil {
+		c, ret := s.streamEnded(err)
+		return false, c, ret
+	}
+	timer := time.NewTimer(h.timeout)
+	defer timer.Stop()
+	select {
+	case <-h.released:
+	case <-timer.C:
+		if st.adm.timeOut() {
+			s.tracker.HoldTimedOut(&st.req)
+			if err := ps.Send(s.holdTimeoutReply); err != nil {
+				c, ret := s.streamEnded(err)
+				return false, c, ret
+			}
+			return false, endHoldTimeout, nil
+		}
+		// Released at the same moment: it goes on.
+	case <-ps.Context().Done():
+		return false, endCanceled, nil
+	}
+	s.tracker.Released(&st.req)
+	return true, 0, nil
 }
 
 // resolve returns the target a request is counted for, or the reason it is

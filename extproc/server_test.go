@@ -263,7 +263,7 @@ func TestProcessResolvesTarget(t *testing.T) {
 	st := &scriptStream{msgs: []*extprocv3.ProcessingRequest{reqHeaders(false)}, final: errors.New("x")}
 	_ = srv.Process(st)
 	recs := tr.Records()
-	want := TargetRecord{Namespace: "models", Workload: "vllm", Service: "vllm", Pod: "vllm-0", Started: 1, Completed: 1}
+	want := TargetRecord{Namespace: "models", Workload: "vllm", Service: "vllm", Pod: "vllm-0", Source: "inbound", Started: 1, Completed: 1}
 	if len(recs) != 1 {
 		t.Fatalf("records %+v", recs)
 	}

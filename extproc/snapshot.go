@@ -45,6 +45,12 @@ type TargetRecord struct {
 	// ("overflow"). New values may be added; a reader must treat any
 	// non-empty Reason alike.
 	Reason string `json:"reason,omitempty"`
+	// Source is where the target's requests are seen (mesh.Source):
+	// "inbound" (a pod's inbound sidecar; the target has a workload) or
+	// "edge" (a gateway or an outbound sidecar; a Service, with no workload
+	// or pod). Absent on the catch-all records (Reason set). New values may
+	// be added.
+	Source string `json:"source,omitempty"`
 
 	InFlight  int64  `json:"in_flight"`
 	Started   uint64 `json:"started_total"`
@@ -54,6 +60,20 @@ type TargetRecord struct {
 	// on without the extproc), so they are in no other counter and their
 	// time in flight is unknown. Absent when 0.
 	Untracked uint64 `json:"untracked_total,omitempty"`
+	// Held is the part of InFlight waiting in a hold queue (edge targets
+	// whose workload has no ready endpoint; ISSUE12.md). HeldTotal counts
+	// every request that was held; each leaves the hold once: Released (let
+	// through, still in flight until it ends), HoldTimeouts (answered 503
+	// at its hold timeout) or HoldAbandoned (its client went away), so
+	// HeldTotal = Held + Released + HoldTimeouts + HoldAbandoned. Shed
+	// counts requests answered at once over a limit (429): like untracked
+	// ones they are in no other counter. All absent when 0.
+	Held          int64  `json:"held,omitempty"`
+	HeldTotal     uint64 `json:"held_total,omitempty"`
+	Released      uint64 `json:"released_total,omitempty"`
+	HoldTimeouts  uint64 `json:"hold_timeouts_total,omitempty"`
+	HoldAbandoned uint64 `json:"hold_abandoned_total,omitempty"`
+	Shed          uint64 `json:"shed_total,omitempty"`
 	// BusySeconds is the integral of InFlight over time (request-seconds)
 	// up to Snapshot.Time. Its difference between two snapshots of the same
 	// BootID divided by the elapsed time is the exact mean concurrency.

@@ -86,11 +86,21 @@ type target struct {
 	started   uint64
 	completed uint64
 	untracked uint64
-	busy      seconds // integral of inFlight up to last
-	last      int64   // time up to which busy is integrated
-	changed   int64   // time of the last start, end or untracked arrival
-	dur       seconds // sum of completed requests' durations
-	counts    []uint64
+	// The hold (scale from zero) and shedding counters: held is the part
+	// of inFlight waiting in a hold queue; every held request leaves it
+	// once, released, timed out or abandoned. shed counts requests
+	// answered at once over a limit, in no other counter.
+	held         int64
+	heldTotal    uint64
+	released     uint64
+	holdTimeouts uint64
+	abandoned    uint64
+	shed         uint64
+	busy         seconds // integral of inFlight up to last
+	last         int64   // time up to which busy is integrated
+	changed      int64   // time of the last start, end or untracked arrival
+	dur          seconds // sum of completed requests' durations
+	counts       []uint64
 }
 
 // seconds is an exact sum of nanoseconds that does not overflow for the life
@@ -136,6 +146,7 @@ func (tr *Tracker) nanos() int64 { return int64(tr.now().Sub(tr.epoch)) }
 type Request struct {
 	t     *target
 	start int64
+	held  bool // counted in its target's held gauge
 }
 
 // Started reports whether the request is counted and not yet ended.
@@ -144,6 +155,17 @@ func (r *Request) Started() bool { return r.t != nil }
 // Start counts a new request in flight for the target (or, when reason is
 // not empty, for the unknown target of that reason).
 func (tr *Tracker) Start(t mesh.Target, reason mesh.Reason) Request {
+	return tr.start(t, reason, false)
+}
+
+// StartHeld is Start for a request that waits in a hold queue: it is in
+// flight at once (held requests are demand) and in its target's held gauge
+// until Released, HoldTimedOut or End.
+func (tr *Tracker) StartHeld(t mesh.Target, reason mesh.Reason) Request {
+	return tr.start(t, reason, true)
+}
+
+func (tr *Tracker) start(t mesh.Target, reason mesh.Reason, held bool) Request {
 	for {
 		tg := tr.lookup(t, reason)
 		// The clock is read under the lock, so that one target's events are
@@ -158,9 +180,53 @@ func (tr *Tracker) Start(t mesh.Target, reason mesh.Reason) Request {
 		tg.advance(now)
 		tg.inFlight++
 		tg.started++
+		if held {
+			tg.held++
+			tg.heldTotal++
+		}
 		tg.changed = now
 		tg.mu.Unlock()
-		return Request{t: tg, start: now}
+		return Request{t: tg, start: now, held: held}
+	}
+}
+
+// Released moves a held request out of the held gauge into released_total:
+// it was let through (CONTINUE) and stays in flight until End. It does
+// nothing for a request that is not held.
+func (tr *Tracker) Released(r *Request) { tr.unhold(r, func(t *target) { t.released++ }) }
+
+// HoldTimedOut moves a held request out of the held gauge into
+// hold_timeouts_total: it was answered locally at its hold timeout; End
+// follows.
+func (tr *Tracker) HoldTimedOut(r *Request) { tr.unhold(r, func(t *target) { t.holdTimeouts++ }) }
+
+func (tr *Tracker) unhold(r *Request, count func(*target)) {
+	if r.t == nil || !r.held {
+		return
+	}
+	r.held = false
+	r.t.mu.Lock()
+	r.t.held--
+	count(r.t)
+	r.t.changed = tr.nanos()
+	r.t.mu.Unlock()
+}
+
+// Shed counts a request answered at once over a limit (load shedding): it
+// appears in the target's shed_total only, never in in_flight, started or
+// completed.
+func (tr *Tracker) Shed(t mesh.Target, reason mesh.Reason) {
+	for {
+		tg := tr.lookup(t, reason)
+		tg.mu.Lock()
+		if tg.evicted {
+			tg.mu.Unlock()
+			continue
+		}
+		tg.shed++
+		tg.changed = tr.nanos()
+		tg.mu.Unlock()
+		return
 	}
 }
 
@@ -183,8 +249,10 @@ func (tr *Tracker) Untracked(t mesh.Target, reason mesh.Reason) {
 }
 
 // End releases the request and returns its duration. It is idempotent: only
-// the first call on a started request counts. A target with a request in
-// flight is never evicted, so End always finds it in the tracker.
+// the first call on a started request counts. A request still held when it
+// ends (its client went away) leaves the held gauge into
+// hold_abandoned_total. A target with a request in flight is never evicted,
+// so End always finds it in the tracker.
 func (tr *Tracker) End(r *Request) time.Duration {
 	tg := r.t
 	if tg == nil {
@@ -198,6 +266,11 @@ func (tr *Tracker) End(r *Request) time.Duration {
 	tg.advance(now)
 	tg.inFlight--
 	tg.completed++
+	if r.held {
+		r.held = false
+		tg.held--
+		tg.abandoned++
+	}
 	tg.changed = now
 	tg.dur.add(d, 1)
 	tg.counts[b]++
@@ -324,7 +397,10 @@ func (tr *Tracker) Records() []Record {
 			TargetRecord: TargetRecord{
 				Namespace: t.key.target.Namespace, Workload: t.key.target.Workload,
 				Service: t.key.target.Service, Pod: t.key.target.Pod, Reason: string(t.key.reason),
+				Source:   string(t.key.target.Source()),
 				InFlight: t.inFlight, Started: t.started, Completed: t.completed, Untracked: t.untracked,
+				Held: t.held, HeldTotal: t.heldTotal, Released: t.released, HoldTimeouts: t.holdTimeouts,
+				HoldAbandoned: t.abandoned, Shed: t.shed,
 				BusySeconds:          t.busy.float(),
 				DurationSecondsSum:   t.dur.float(),
 				CreatedUptimeSeconds: time.Duration(t.created).Seconds(),

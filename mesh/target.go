@@ -36,15 +36,41 @@ func RequestAttributes() []string {
 
 // Target is the Kubernetes workload that receives a request.
 //
-// On an inbound sidecar every field is known. Behind a gateway only the
-// Service and its namespace are known when the request starts, so Workload
-// and Pod are empty there: such targets are counted and exported, but the
-// controller scales from per-workload (sidecar) counts only.
+// On an inbound sidecar every field is known. At the edge (a gateway, or a
+// caller's outbound sidecar) only the Service and its namespace are known
+// when the request starts, so Workload and Pod are empty there; the
+// controller maps such a Service to the Deployments it selects.
 type Target struct {
 	Namespace string
 	Workload  string
 	Service   string
 	Pod       string
+}
+
+// Source says where a target's requests are seen (ISSUE12.md, "Where demand
+// is seen"). It is a snapshot field: keep the values fixed.
+type Source string
+
+const (
+	// SourceInbound: the inbound sidecar of a pod (the target has a
+	// workload): requests that reached the pod.
+	SourceInbound Source = "inbound"
+	// SourceEdge: a gateway or a caller's outbound sidecar (the target is a
+	// Service, with no workload or pod): every request for the Service,
+	// including those held while the workload has no ready endpoint.
+	SourceEdge Source = "edge"
+)
+
+// Source returns where the target's requests are seen, or "" for the zero
+// Target and a namespace alone (the catch-all records).
+func (t Target) Source() Source {
+	switch {
+	case t.Workload != "":
+		return SourceInbound
+	case t.Service != "":
+		return SourceEdge
+	}
+	return ""
 }
 
 // Reason says why a request could not be attributed to a Target. The empty
@@ -271,3 +297,11 @@ func isDNSSubdomain(s string) bool {
 		s = rest
 	}
 }
+
+// IsDNSLabel reports whether s is an RFC 1123 label, as Kubernetes
+// namespace and Service names are.
+func IsDNSLabel(s string) bool { return isDNSLabel(s) }
+
+// IsDNSSubdomain reports whether s is an RFC 1123 subdomain, as Deployment
+// and pod names are.
+func IsDNSSubdomain(s string) bool { return isDNSSubdomain(s) }

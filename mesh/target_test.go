@@ -135,3 +135,25 @@ func TestRequestAttributesCoverResolve(t *testing.T) {
 		t.Error("RequestAttributes returns shared state")
 	}
 }
+
+func TestTargetSource(t *testing.T) {
+	for _, tc := range []struct {
+		t    Target
+		want Source
+	}{
+		{Target{Namespace: "m", Workload: "w", Service: "s", Pod: "p"}, SourceInbound},
+		{Target{Namespace: "m", Workload: "w"}, SourceInbound},
+		{Target{Namespace: "m", Service: "s"}, SourceEdge},
+		{Target{Namespace: "m"}, ""},
+		{Target{}, ""},
+	} {
+		if got := tc.t.Source(); got != tc.want {
+			t.Errorf("%+v: source %q, want %q", tc.t, got, tc.want)
+		}
+	}
+	// What Resolve returns for a gateway's cluster is an edge target.
+	got, reason := Resolve(Map{AttrCluster: "outbound|8000||llama.models.svc.cluster.local"})
+	if reason != ReasonNone || got.Source() != SourceEdge {
+		t.Fatalf("outbound cluster: %+v %q", got, reason)
+	}
+}

@@ -46,6 +46,18 @@ const (
 	// CauseHysteresis: the demand is within Hysteresis of the current
 	// count, which is kept.
 	CauseHysteresis
+	// CauseSLO: the queueing model sized the count so that the predicted
+	// p99 queue wait stays within slo-wait.
+	CauseSLO
+	// CauseForecast: the learned seasonal forecast asks for capacity ahead
+	// of a rise seen one period ago.
+	CauseForecast
+	// CauseWake: the workload is at zero replicas and there is demand (in
+	// flight, held or arriving): at least one replica at once.
+	CauseWake
+	// CauseIdle: min-replicas 0 and no demand for the learned idle
+	// period: scale to zero.
+	CauseIdle
 	numCauses
 )
 
@@ -64,6 +76,10 @@ var causeInfo = [numCauses]struct{ label, msg string }{
 	CauseMinReplicas:    {"min_replicas", "held at min-replicas"},
 	CauseMaxReplicas:    {"max_replicas", "held at max-replicas"},
 	CauseHysteresis:     {"hysteresis", "demand within the hysteresis band of the current count: kept"},
+	CauseSLO:            {"slo", "sized so the predicted p99 queue wait stays within slo-wait"},
+	CauseForecast:       {"forecast", "the learned forecast predicts a rise within two cold starts"},
+	CauseWake:           {"wake", "demand at zero replicas: waking the workload"},
+	CauseIdle:           {"idle", "no demand for the learned idle period: scaling to zero"},
 }
 
 // Causes lists every cause, for pre-creating metric series.

@@ -17,6 +17,8 @@ const AnnotationPrefix = "inflight.dev/"
 // against it.
 const (
 	AnnTarget           = "target"
+	AnnSLOWait          = "slo-wait"
+	AnnConcurrency      = "concurrency"
 	AnnMinReplicas      = "min-replicas"
 	AnnMaxReplicas      = "max-replicas"
 	AnnWindow           = "window"
@@ -26,11 +28,13 @@ const (
 	AnnMaxScaleUpRate   = "max-scale-up-rate"
 	AnnMaxScaleDownRate = "max-scale-down-rate"
 	AnnColdStart        = "cold-start"
+	AnnForecastPeriod   = "forecast-period"
 	AnnMaxQueue         = "max-queue"
 	AnnHoldTimeout      = "hold-timeout"
 )
 
-// Defaults of the annotation table. Target has none: it is required.
+// Defaults of the annotation table. Target has none: it (or slo-wait) is
+// required.
 const (
 	DefaultMinReplicas      = 1
 	DefaultMaxReplicas      = 10
@@ -40,6 +44,9 @@ const (
 	DefaultScaleDownDelay   = ScaleDownDelayColdStart
 	DefaultMaxScaleUpRate   = 10.0
 	DefaultMaxScaleDownRate = 2.0
+	// DefaultForecastPeriod is the season of the learned forecast: a day.
+	// The forecast acts only once a full period of history exists.
+	DefaultForecastPeriod = 24 * time.Hour
 	// DefaultHoldTimeout bounds how long the extproc holds a request for a
 	// workload at zero: two default cold starts, and under the 5-minute
 	// stream idle and request timeouts that Istio's EDGE connection profile
@@ -72,8 +79,18 @@ const ScaleDownDelayColdStart time.Duration = -1
 // ParseAnnotations (or DefaultConfig and Validate); a Config that failed
 // validation must never be used to scale.
 type Config struct {
-	// Target is the number of requests in flight per replica to aim for.
+	// Target is the number of requests in flight per replica to aim for;
+	// 0 when only SLOWait is set.
 	Target float64
+	// SLOWait, when not 0, sizes the workload so that the predicted p99
+	// queue wait stays within it (see Decide). With Target also set, the
+	// larger of the two counts wins.
+	SLOWait time.Duration
+	// Concurrency is the number of requests one replica serves at once
+	// (its batch capacity), for the queueing model of SLOWait; 0 means
+	// learn it (Target until then, else the most requests a replica was
+	// seen to serve at once without queueing).
+	Concurrency int32
 	// MinReplicas and MaxReplicas bound the decision; MinReplicas 0 allows
 	// scale to zero.
 	MinReplicas, MaxReplicas int32
@@ -95,6 +112,8 @@ type Config struct {
 	// ColdStart is the expected time from a scale-up to a ready replica;
 	// 0 means "learn it" (Observation.ColdStart, else DefaultColdStartLead).
 	ColdStart time.Duration
+	// ForecastPeriod is the season of the learned forecast; 0 is off.
+	ForecastPeriod time.Duration
 	// MaxQueue is the per-replica in-flight beyond which the extproc sheds
 	// load (control profile); 0 means off. The policy does not use it.
 	MaxQueue float64
@@ -123,6 +142,18 @@ func DefaultConfig(target float64) Config {
 func HasAnnotations(ann map[string]string) bool {
 	for k := range ann {
 		if strings.HasPrefix(k, AnnotationPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Enabled reports whether ann holds an annotation that enables inflight
+// (target or slo-wait): the controller manages such a Deployment, and
+// reports the others with inflight.dev/ annotations as not managed.
+func Enabled(ann map[string]string) bool {
+	for _, e := range enabling {
+		if _, ok := ann[AnnotationPrefix+e]; ok {
 			return true
 		}
 	}
@@ -203,11 +234,17 @@ const (
 // from it.
 var annotationTable = []annotation{
 	{name: AnnTarget, kind: kindNumber, lo: MinTarget, hi: 1e6,
-		meaning: "requests in flight per replica to aim for; required: it enables inflight",
+		meaning: "requests in flight per replica to aim for; this or `slo-wait` enables inflight",
 		field:   func(c *Config) any { return &c.Target }},
+	{name: AnnSLOWait, kind: kindDuration, lo: 0.1, hi: hour, word: "off", def: "off",
+		meaning: "size so that the predicted p99 queue wait stays within this: an M/M/c model of the learned service time, the arrival rate and `concurrency`, with a headroom learned from the workload's own bursts; with `target` too, the larger count wins",
+		field:   func(c *Config) any { return &c.SLOWait }},
+	{name: AnnConcurrency, kind: kindInteger, lo: 1, hi: maxReplicasCap, word: "learned", def: "learned",
+		meaning: "requests one replica serves at once (its batch, e.g. vLLM's `max_num_seqs`), for `slo-wait`; learned: `target` if set, else the most a replica was seen to serve at once without queueing (a lower bound: set it)",
+		field:   func(c *Config) any { return &c.Concurrency }},
 	{name: AnnMinReplicas, kind: kindInteger, lo: 0, hi: maxReplicasCap, def: "1", defValue: DefaultMinReplicas,
 		also:    "≤ max-replicas",
-		meaning: "lower bound; 0 allows scale to zero",
+		meaning: "lower bound; 0 allows scale to zero after a learned idle period (demand at zero asks for a replica on the next tick)",
 		field:   func(c *Config) any { return &c.MinReplicas }},
 	{name: AnnMaxReplicas, kind: kindInteger, lo: 1, hi: maxReplicasCap, def: "10", defValue: DefaultMaxReplicas,
 		meaning: "upper bound",
@@ -217,7 +254,7 @@ var annotationTable = []annotation{
 		field:   func(c *Config) any { return &c.Window }},
 	{name: AnnPanicWindow, kind: kindDuration, lo: 1, hi: hour, def: "6s", defValue: DefaultPanicWindow.Seconds(),
 		also:    "≤ window",
-		meaning: "burst-detection window",
+		meaning: "burst-detection window; it sizes scale-ups only in burst mode",
 		field:   func(c *Config) any { return &c.PanicWindow }},
 	{name: AnnPanicThreshold, kind: kindNumber, lo: 1.1, hi: 10, def: "2", defValue: DefaultPanicThreshold,
 		meaning: "burst mode when short-window demand ≥ threshold × ready capacity",
@@ -235,6 +272,9 @@ var annotationTable = []annotation{
 	{name: AnnColdStart, kind: kindDuration, lo: 0, hi: hour, word: "learned", def: "learned",
 		meaning: "expected time from scale-up to a ready replica (0s = learned); learned from observed pod start-ups (created → Ready), 120 s until one is seen",
 		field:   func(c *Config) any { return &c.ColdStart }},
+	{name: AnnForecastPeriod, kind: kindDuration, lo: 600, hi: 7 * 24 * hour, word: "off", def: "24h", defValue: DefaultForecastPeriod.Seconds(),
+		meaning: "season of the learned forecast: one cold start ahead (plus a margin for timing: another cold start, or 20 s while this period lines up with the last), it asks for the level the arrivals held for a minute one period ago; acts after a full period of history (a new controller leader starts over), is dropped while the arrivals stay under half of it",
+		field:   func(c *Config) any { return &c.ForecastPeriod }},
 	{name: AnnMaxQueue, kind: kindNumber, lo: 0, loOpen: true, hi: 1e6, word: "off", def: "off",
 		meaning: "validated and kept, but **not enforced yet**: load shedding in the control profile is not implemented",
 		field:   func(c *Config) any { return &c.MaxQueue }},
@@ -244,7 +284,7 @@ var annotationTable = []annotation{
 }
 
 // enabling are the annotations of which at least one must be present.
-var enabling = []string{AnnTarget}
+var enabling = []string{AnnTarget, AnnSLOWait}
 
 func lookup(name string) *annotation {
 	for i := range annotationTable {
@@ -386,7 +426,7 @@ func (a *annotation) parse(v string) (float64, bool) {
 // returns the configuration with defaults applied. Annotations without the
 // prefix are ignored; an unknown name under the prefix is an error naming
 // the known annotation it is probably a typo of; so is a set without
-// target. On error the returned Config is the zero value and
+// target or slo-wait. On error the returned Config is the zero value and
 // err is a *ConfigError naming every invalid annotation.
 func ParseAnnotations(ann map[string]string) (Config, error) {
 	cfg := DefaultConfig(0)
@@ -416,7 +456,8 @@ func ParseAnnotations(ann map[string]string) (Config, error) {
 		a.set(&cfg, v)
 	}
 	if !enabled {
-		fail(AnnTarget, "", lookup(AnnTarget).allowed(false)+" (requests in flight per replica): it enables inflight")
+		fail(AnnTarget, "", lookup(AnnTarget).allowed(false)+" (requests in flight per replica), or "+
+			AnnotationPrefix+AnnSLOWait+" (a p99 queue wait): one of them enables inflight")
 	}
 	if len(errs) == 0 {
 		errs = cfg.crossErrors()
@@ -473,6 +514,9 @@ func (c Config) Validate() error {
 	for i := range annotationTable {
 		a := &annotationTable[i]
 		v, isWord := a.get(&c)
+		if a.name == AnnTarget && v == 0 && c.SLOWait > 0 {
+			continue // slo-wait alone enables
+		}
 		if !isWord && !a.inRange(v) {
 			val := fmtNum(v)
 			if a.kind == kindDuration {

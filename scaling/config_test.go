@@ -41,7 +41,8 @@ func TestParseAnnotationsValues(t *testing.T) {
 	}
 	want := Config{Target: 2.5, MinReplicas: 0, MaxReplicas: 40, Window: 2 * time.Minute,
 		PanicWindow: 10 * time.Second, PanicThreshold: 3, ScaleDownDelay: 0, MaxScaleUpRate: 4,
-		MaxScaleDownRate: 1.5, ColdStart: 90 * time.Second, MaxQueue: 16, HoldTimeout: DefaultHoldTimeout}
+		MaxScaleDownRate: 1.5, ColdStart: 90 * time.Second, MaxQueue: 16, HoldTimeout: DefaultHoldTimeout,
+		ForecastPeriod: DefaultForecastPeriod}
 	if cfg != want {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
@@ -63,7 +64,7 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		name, ann, value string
 		allowed          string // a fragment of the allowed range
 	}{
-		{"target missing", "target", "", "it enables inflight"},
+		{"target missing", "target", "", "or inflight.dev/slo-wait"},
 		{"target zero", "target", "0", "between 0.01 and 1e6"},
 		{"target negative", "target", "-1", "between 0.01 and 1e6"},
 		{"target NaN", "target", "NaN", "between 0.01 and 1e6"},
@@ -87,6 +88,10 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{"cold-start negative", "cold-start", "-1s", "between 0s and 1h"},
 		{"cold-start junk", "cold-start", "fast", "duration"},
 		{"max-queue zero", "max-queue", "0", `"off" or a number > 0`},
+		{"slo-wait zero", "slo-wait", "0s", `"off" or a duration between 100ms and 1h`},
+		{"slo-wait junk", "slo-wait", "fast", "duration"},
+		{"concurrency zero", "concurrency", "0", `"learned" or an integer between 1 and 100000`},
+		{"forecast-period short", "forecast-period", "1m", `"off" or a duration between 10m and 168h`},
 		{"hold-timeout short", "hold-timeout", "500ms", "between 1s and 59m"},
 		{"hold-timeout long", "hold-timeout", "1h", "between 1s and 59m"},
 		{"hold-timeout off is not a word", "hold-timeout", "off", "between 1s and 59m"},
@@ -247,6 +252,24 @@ func FuzzParseAnnotations(f *testing.F) {
 	})
 }
 
+func TestParseAnnotationsSLOWait(t *testing.T) {
+	cfg, err := ParseAnnotations(map[string]string{"inflight.dev/slo-wait": "10s", "inflight.dev/concurrency": "8",
+		"inflight.dev/forecast-period": "off"})
+	if err != nil {
+		t.Fatalf("slo-wait alone must enable inflight: %v", err)
+	}
+	if cfg.Target != 0 || cfg.SLOWait != 10*time.Second || cfg.Concurrency != 8 || cfg.ForecastPeriod != 0 {
+		t.Fatalf("got %+v", cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("slo-wait alone does not validate: %v", err)
+	}
+	cfg, err = ParseAnnotations(map[string]string{"inflight.dev/target": "4"})
+	if err != nil || cfg.ForecastPeriod != DefaultForecastPeriod || cfg.SLOWait != 0 || cfg.Concurrency != 0 {
+		t.Fatalf("defaults of the new rows: %+v %v", cfg, err)
+	}
+}
+
 func TestHoldTimeout(t *testing.T) {
 	cfg, err := ParseAnnotations(map[string]string{"inflight.dev/target": "4", "inflight.dev/hold-timeout": "90s"})
 	if err != nil || cfg.HoldTimeout != 90*time.Second {
@@ -257,8 +280,8 @@ func TestHoldTimeout(t *testing.T) {
 	}
 }
 
-// A Deployment with inflight.dev/ annotations but no target (a typo of
-// the required key) is an error that names the typo
+// A Deployment with inflight.dev/ annotations but neither target nor
+// slo-wait (a typo of the required key) is an error that names the typo
 // and what it probably meant, so the controller can warn instead of
 // silently ignoring it.
 func TestTypoOfTheRequiredKey(t *testing.T) {
@@ -351,5 +374,28 @@ func TestREADMEAnnotationTable(t *testing.T) {
 	}
 	if want := AnnotationsMarkdown(); tbl != want {
 		t.Fatalf("README.md's annotation table differs from the code's; want:\n%s\ngot:\n%s", want, tbl)
+	}
+}
+
+// Enabled is what the controller manages: target or slo-wait, with or
+// without the other annotations; other inflight.dev/ keys alone are not.
+func TestEnabled(t *testing.T) {
+	for _, c := range []struct {
+		ann  map[string]string
+		want bool
+	}{
+		{map[string]string{"inflight.dev/target": "4"}, true},
+		{map[string]string{"inflight.dev/slo-wait": "10s", "inflight.dev/concurrency": "8"}, true},
+		{map[string]string{"inflight.dev/targt": "4", "inflight.dev/max-replicas": "8"}, false},
+		{map[string]string{"other.io/target": "4"}, false},
+		{nil, false},
+	} {
+		if got := Enabled(c.ann); got != c.want {
+			t.Errorf("Enabled(%v) = %v, want %v", c.ann, got, c.want)
+		}
+		// Whatever parses is enabled, and nothing enabled parses.
+		if _, err := ParseAnnotations(c.ann); c.want && err != nil || !c.want && HasAnnotations(c.ann) && err == nil {
+			t.Errorf("%v: enabled %v but ParseAnnotations: %v", c.ann, c.want, err)
+		}
 	}
 }

@@ -446,10 +446,10 @@ func TestNewLeaderStartsConservatively(t *testing.T) {
 func TestBoundsAndScaleToZero(t *testing.T) {
 	c := cfg4()
 	c.MinReplicas, c.MaxReplicas = 0, 6
-	f := Features{}.Without(Stabilization)
+	f := Features{}.Without(Stabilization).Without(IdlePeriod)
 	a, now := warm(c, f, 0, 2)
 	if d, _ := drive(a, now, 2, steady(0, 2)); d.Desired != 0 || d.Direction != Down {
-		t.Fatalf("idle with min 0: got %+v", d)
+		t.Fatalf("idle with min 0, no idle period: got %+v", d)
 	}
 	if d, _ := drive(a, now.Add(2*time.Second), 10, steady(400, 0)); d.Desired != 6 || d.Direction != Up {
 		t.Fatalf("max bound: got %d (%s)", d.Desired, d.Reason)
@@ -558,5 +558,35 @@ func TestScaleUpCapInTime(t *testing.T) {
 	d, _ := drive(a, now, 1, func(int) load { return load{conc: 4000, inFlight: 4000, ready: 10, requested: 10} })
 	if d.Desired != 100 || d.Cause != CauseRateCap {
 		t.Fatalf("10 ready: desired %d cause %v, want 100 rate_cap (%s)", d.Desired, d.Cause, d.Reason)
+	}
+}
+
+// BenchmarkDecideSLO is the costliest configuration: slo-wait with the
+// learned headroom and an hour's forecast (full history, aligned), fed
+// Poisson arrivals around 30 in flight.
+func BenchmarkDecideSLO(b *testing.B) {
+	c := DefaultConfig(0)
+	c.SLOWait, c.Concurrency, c.MaxReplicas, c.ForecastPeriod = 10*time.Second, 8, 200, time.Hour
+	a := NewAutoscaler(c, Features{}, t0)
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := t0
+	tick := func(i int) {
+		now = now.Add(time.Second)
+		rate := 4.0
+		if i%900 >= 600 {
+			rate = 6
+		}
+		arr := poisson(rng, rate)
+		a.Observe(Observation{Time: now, Concurrency: rate * 6.6, InFlight: rate * 6.6, Arrivals: arr, Completions: arr,
+			MeanDuration: 6600 * time.Millisecond, Ready: 5, Requested: 5})
+		a.Decide(now)
+	}
+	for i := 0; i < 3700; i++ {
+		tick(i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tick(i)
 	}
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -84,6 +85,7 @@ type app struct {
 	log      *zap.Logger
 	tracker  *extproc.Tracker
 	metrics  *extproc.Metrics
+	gates    *extproc.Gates
 	grpc     *grpc.Server
 	health   *health.Server
 	admin    *extproc.Admin
@@ -106,7 +108,11 @@ func newApp(ctx context.Context, opts Options, log *zap.Logger) (*app, error) {
 	if a.metrics, err = extproc.NewMetrics(reg, a.tracker); err != nil {
 		return nil, err
 	}
-	srvOpts := extproc.ServerOptions{Metrics: a.metrics, Log: log, MaxOpenStreams: opts.MaxOpenStreams}
+	// A zero --release-delay means none (GatesOptions' 0 is the default).
+	delay := cmp.Or(opts.ReleaseDelay, -1)
+	a.gates = extproc.NewGates(extproc.GatesOptions{ReleaseDelay: delay, MaxHeld: min(opts.MaxHeld, opts.MaxOpenStreams), Metrics: a.metrics, Log: log})
+	srvOpts := extproc.ServerOptions{Metrics: a.metrics, Log: log, MaxOpenStreams: opts.MaxOpenStreams,
+		Gates: a.gates, RetryAfter: opts.RetryAfter}
 	gopts := grpcLimits(opts)
 	switch opts.CallerIdentity {
 	case identityXFCC:
@@ -128,7 +134,8 @@ func newApp(ctx context.Context, opts Options, log *zap.Logger) (*app, error) {
 	extprocv3.RegisterExternalProcessorServer(a.grpc, extproc.NewServer(a.tracker, srvOpts))
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	a.admin = &extproc.Admin{Tracker: a.tracker, Replica: opts.ReplicaName, BootID: extproc.NewBootID(), Gatherer: reg, Ready: &a.ready, Draining: &a.draining}
+	a.admin = &extproc.Admin{Tracker: a.tracker, Replica: opts.ReplicaName, BootID: extproc.NewBootID(), Gatherer: reg, Ready: &a.ready, Draining: &a.draining,
+		Gates: a.gates}
 	a.http = &http.Server{
 		Handler: a.admin.Handler(),
 		// A slow or stuck reader is cut, so it cannot hold a snapshot or a
@@ -263,8 +270,12 @@ func (a *app) drain(delay bool) {
 	select {
 	case <-done:
 	case <-t.C:
-		log.Warn("drain timeout passed; cutting the open streams (each releases its request)",
-			zap.Int64("open_streams", a.metrics.OpenStreams()))
+		log.Warn("drain timeout passed; releasing the held requests and cutting the open streams (each releases its request)",
+			zap.Int64("open_streams", a.metrics.OpenStreams()), zap.Int64("held", a.gates.Held()))
+		// Held requests are released (CONTINUE) before the cut; one whose
+		// stream is cut before its CONTINUE is written fails open, which
+		// is the same for the request.
+		a.gates.Close()
 		a.grpc.Stop()
 		<-done
 	}

@@ -55,6 +55,9 @@ func TestValidateNamesFlagValueAndRange(t *testing.T) {
 		{[]string{"--xfcc-by=inflight-extproc"}, []string{`--xfcc-by="inflight-extproc"`, "spiffe://"}},
 		{[]string{"--gateway-identity=istio-ingressgateway"}, []string{"gateway-identity", "not a SPIFFE ID"}},
 		{[]string{"--caller-identity=mtls", "--tls-key=", "--tls-reload-interval=0s"}, []string{"--tls-key is empty", "--tls-reload-interval=0s"}},
+		{[]string{"--release-delay=2m"}, []string{"--release-delay=2m0s", "0s to 1m"}},
+		{[]string{"--max-held=0"}, []string{"--max-held=0", "1 to 100000"}},
+		{[]string{"--retry-after=500ms"}, []string{"--retry-after=500ms", "1s to 1h"}},
 		// Every error at once.
 		{[]string{"--max-targets=0", "--drain-timeout=-1s", "--log-format=xml"},
 			[]string{"--max-targets=0", "--drain-timeout=-1s", `--log-format="xml"`}},

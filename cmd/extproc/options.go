@@ -75,6 +75,15 @@ type Options struct {
 	// namespace.
 	GatewayIdentities []mesh.CallerRule
 
+	// Holding and shedding (PUT /v1/gates; README, Scale to zero and
+	// shedding): ReleaseDelay is how long a Service's gate must report
+	// ready endpoints before its held requests are released, MaxHeld bounds
+	// the requests held at once, RetryAfter is the Retry-After of the local
+	// replies (shed, hold timeout).
+	ReleaseDelay time.Duration
+	MaxHeld      int
+	RetryAfter   time.Duration
+
 	Log logging.Options
 }
 
@@ -106,6 +115,9 @@ func DefaultOptions() Options {
 		TLSKey:            "/etc/istio-output-certs/key.pem",
 		TLSRootCert:       "/etc/istio-output-certs/root-cert.pem",
 		TLSReloadInterval: 10 * time.Second,
+		ReleaseDelay:      extproc.DefaultReleaseDelay,
+		MaxHeld:           extproc.DefaultMaxHeld,
+		RetryAfter:        extproc.DefaultRetryAfter,
 		Log:               logging.DefaultOptions(),
 	}
 }
@@ -152,6 +164,12 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 			o.GatewayIdentities = append(o.GatewayIdentities, r)
 			return nil
 		})
+	fs.DurationVar(&o.ReleaseDelay, "release-delay", o.ReleaseDelay,
+		"held requests of a Service are released once its gate has reported ready endpoints for this long: the margin for the new endpoint to reach the proxies (EndpointSlice, istiod's debounce and push, Envoy's update); released earlier, a request gets 503 no_healthy_upstream with no retry")
+	fs.IntVar(&o.MaxHeld, "max-held", o.MaxHeld,
+		"requests held at once on this replica, all Services (each is an open stream, so at most --max-open-streams are); beyond it a request for a Service with no ready endpoint is shed")
+	fs.DurationVar(&o.RetryAfter, "retry-after", o.RetryAfter,
+		"the Retry-After of the extproc's local replies: 429 for a shed request, 503 at a hold timeout (whole seconds, rounded up)")
 	o.Log.AddFlags(fs)
 }
 
@@ -202,6 +220,15 @@ func (o *Options) Validate() error {
 	}
 	if o.DrainTimeout < 0 || o.DrainTimeout > time.Hour {
 		errs = append(errs, fmt.Errorf("--drain-timeout=%s: want 0s to 1h", o.DrainTimeout))
+	}
+	if o.ReleaseDelay < 0 || o.ReleaseDelay > time.Minute {
+		errs = append(errs, fmt.Errorf("--release-delay=%s: want 0s to 1m", o.ReleaseDelay))
+	}
+	if o.MaxHeld < 1 || o.MaxHeld > maxMaxOpenStreams {
+		errs = append(errs, fmt.Errorf("--max-held=%d: want 1 to %d", o.MaxHeld, maxMaxOpenStreams))
+	}
+	if o.RetryAfter < time.Second || o.RetryAfter > time.Hour {
+		errs = append(errs, fmt.Errorf("--retry-after=%s: want 1s to 1h", o.RetryAfter))
 	}
 	if limit, err := parseMemory(o.MemoryLimit); err != nil {
 		errs = append(errs, fmt.Errorf("--memory-limit=%q: want a Kubernetes memory quantity such as 256Mi: %v", o.MemoryLimit, err))

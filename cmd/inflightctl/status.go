@@ -146,7 +146,7 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 		return nil
 	}
 	if len(st.Workloads) == 0 {
-		fmt.Fprintln(w, "no Deployment carries inflight.dev/target")
+		fmt.Fprintln(w, "no Deployment carries inflight.dev/target or inflight.dev/slo-wait")
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

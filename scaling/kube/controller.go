@@ -26,8 +26,12 @@ import (
 	"github.com/inflight-dev/inflight/scaling/collect"
 )
 
-// TargetAnnotation enables inflight on a Deployment.
-const TargetAnnotation = scaling.AnnotationPrefix + scaling.AnnTarget
+// TargetAnnotation and SLOWaitAnnotation each enable inflight on a
+// Deployment (scaling.Enabled).
+const (
+	TargetAnnotation  = scaling.AnnotationPrefix + scaling.AnnTarget
+	SLOWaitAnnotation = scaling.AnnotationPrefix + scaling.AnnSLOWait
+)
 
 // FieldManager is the field manager of the controller's writes.
 const FieldManager = "inflight-controller"

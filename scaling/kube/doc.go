@@ -1,5 +1,5 @@
 // Package kube is the Kubernetes side of the inflight controller: it watches
-// the Deployments that carry the inflight.dev/target annotation, their pods
+// the Deployments that carry inflight.dev/target or inflight.dev/slo-wait, their pods
 // (ready vs starting, observed cold starts) and the extproc Service's
 // EndpointSlices (the snapshot URLs) through shared informers; it takes a
 // coordination.k8s.io Lease (client-go leaderelection) and, while it leads,

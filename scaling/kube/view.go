@@ -59,7 +59,7 @@ func slimDeployment(obj any) (any, error) {
 
 // view is what one tick reads of the cluster, once, before it fetches: the
 // Deployments with inflight.dev/ annotations (managed: with
-// inflight.dev/target; stray: without) and the live pods of each managed
+// inflight.dev/target or inflight.dev/slo-wait; stray: without) and the live pods of each managed
 // one, which decide what a snapshot's targets count for.
 type view struct {
 	c              *Controller
@@ -132,7 +132,7 @@ func (c *Controller) view() (v *view, ok bool) {
 		if !ok {
 			continue
 		}
-		if _, managed := dep.Annotations[TargetAnnotation]; !managed {
+		if !scaling.Enabled(dep.Annotations) {
 			v.stray = append(v.stray, dep)
 			continue
 		}

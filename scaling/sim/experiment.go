@@ -22,7 +22,16 @@ type Summary struct {
 	ScaleEvents   int
 	Reversals     int
 	StepReaction  float64 // first step → first scale-up (s); NaN if none or no step
-	Requested     []int   // per second, default knob only
+	// Waits over bounds: requests waiting longer than 10 s, 60 s and
+	// DefaultHoldTimeout.
+	Over10s, Over60s, OverHold int
+	Requests                   int
+	Timeline                   *Timeline // per second, default knob only
+}
+
+// Timeline is a run's per-second state over the measured trace.
+type Timeline struct {
+	Requested, Ready, InFlight, Queued []int
 }
 
 // Summarize reduces a Result.
@@ -39,6 +48,11 @@ func Summarize(r Result) Summary {
 	if len(r.StepReaction) > 0 {
 		s.StepReaction = r.StepReaction[0]
 	}
+	s.Requests = len(w)
+	hold := scaling.DefaultHoldTimeout.Seconds()
+	s.Over10s = len(w) - sort.SearchFloat64s(w, 10+1e-12)
+	s.Over60s = len(w) - sort.SearchFloat64s(w, 60+1e-12)
+	s.OverHold = len(w) - sort.SearchFloat64s(w, hold+1e-12)
 	return s
 }
 
@@ -54,12 +68,16 @@ func Quantile(xs []float64, q float64) float64 {
 }
 
 // Experiment is the whole comparison: every spec's knob grid (plus its
-// default) on every trace.
+// default) on every trace, each after its warm-up.
 type Experiment struct {
-	Model       Model
-	Traces      []Trace
+	Model  Model
+	Traces []Trace
+	// Warmups[i] is replayed before Traces[i], unmeasured (see RunWarm);
+	// nil or a zero Trace: none.
+	Warmups     []Trace
 	Specs       []Spec
 	Ablations   []Spec
+	Grid        []float64 // knob multipliers; nil: DefaultGrid
 	MaxReplicas int
 	Parallel    int
 	Progress    io.Writer // a progress line per finished run; nil: silent
@@ -75,6 +93,15 @@ type Outcome struct {
 	// Runs[trace][spec name] lists the runs of the knob grid, sorted by knob.
 	Runs    []map[string][]Summary
 	Elapsed time.Duration
+	// Variants are the same comparison under other replica models (a
+	// queue per replica, slowdown as the batch fills), for the ranking.
+	Variants []Variant
+}
+
+// Variant is an experiment's outcome under a named model variant.
+type Variant struct {
+	Name    string
+	Outcome Outcome
 }
 
 type job struct {
@@ -89,9 +116,16 @@ type job struct {
 func (x Experiment) Run() Outcome {
 	start := time.Now()
 	out := Outcome{Model: x.Model, Traces: x.Traces, Specs: x.Specs, Ablations: x.Ablations}
+	grid := x.Grid
+	if len(grid) == 0 {
+		grid = DefaultGrid
+	}
 	var jobs []job
 	for ti, tr := range x.Traces {
 		env := NewEnv(x.Model, tr, x.MaxReplicas)
+		if ti < len(x.Warmups) {
+			env = env.WithWarmup(x.Warmups[ti])
+		}
 		out.Envs = append(out.Envs, env)
 		out.Runs = append(out.Runs, map[string][]Summary{})
 		specs := append([]Spec(nil), x.Specs...)
@@ -102,7 +136,7 @@ func (x Experiment) Run() Outcome {
 			def := s.Default(env)
 			seen := map[float64]bool{def: true}
 			jobs = append(jobs, job{ti, s, def, true})
-			for _, k := range s.Grid(env) {
+			for _, k := range s.Knobs(env, grid) {
 				if !seen[k] {
 					seen[k] = true
 					jobs = append(jobs, job{ti, s, k, false})
@@ -123,12 +157,12 @@ func (x Experiment) Run() Outcome {
 				j := jobs[i]
 				env := out.Envs[j.trace]
 				p, initial := j.spec.New(env, j.knob)
-				r := Run(x.Model, env.Trace, p, initial)
+				r := RunWarm(x.Model, env.Warmup, env.Trace, p, initial)
 				r.Policy, r.Knob = j.spec.Name, j.knob
 				s := Summarize(r)
 				s.Default = j.def
 				if j.def {
-					s.Requested = r.Requested
+					s.Timeline = &Timeline{Requested: r.Requested, Ready: r.Ready, InFlight: r.InFlight, Queued: r.Queued}
 				}
 				results[i] = s
 				mu.Lock()
@@ -162,13 +196,22 @@ func (x Experiment) Run() Outcome {
 	return out
 }
 
-// AblationSpecs is inflight with each ingredient switched off in turn.
+// AblationSpecs is inflight with each ingredient switched off in turn,
+// then with DESIGN.md's 5-minute scale-down delay.
 func AblationSpecs() []Spec {
 	var out []Spec
 	for _, ing := range scaling.Ingredients() {
-		out = append(out, InflightSpec("inflight −"+ing.String(), scaling.Features{}.Without(ing)))
+		if ing == scaling.IdlePeriod {
+			// Only min-replicas 0 has an idle period: compare with inflight-zero.
+			out = append(out, InflightSpec("inflight-zero −"+ing.String(), scaling.Features{}.Without(ing), 0))
+			continue
+		}
+		out = append(out, InflightSpec("inflight −"+ing.String(), scaling.Features{}.Without(ing), 1))
 	}
-	return out
+	// DESIGN.md's scale-down delay of 5 minutes against the default of one
+	// cold start.
+	return append(out, InflightSpecWith("inflight, scale-down-delay 5m", scaling.Features{}, 1,
+		func(c *scaling.Config) { c.ScaleDownDelay = 5 * time.Minute }))
 }
 
 // DefaultRun returns the run of spec at its default knob on trace ti.

@@ -16,11 +16,16 @@ import (
 // policyColors gives every policy a fixed colour across plots.
 var policyColors = []color.Color{
 	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, // inflight: red
+	color.RGBA{R: 0xff, G: 0x98, B: 0x96, A: 0xff}, // inflight-zero: light red
 	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xae, G: 0xc7, B: 0xe8, A: 0xff},
 	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff},
 	color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
 	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	color.RGBA{R: 0xbc, G: 0xbd, B: 0x22, A: 0xff},
+	color.RGBA{R: 0x17, G: 0xbe, B: 0xcf, A: 0xff},
 }
 
 func colorOf(i int) color.Color { return policyColors[i%len(policyColors)] }
@@ -86,12 +91,12 @@ func (o Outcome) WriteTimelines(w io.Writer) error {
 		}
 		for si, sp := range o.Specs {
 			s, ok := o.DefaultRun(ti, sp.Name)
-			if !ok || len(s.Requested) == 0 {
+			if !ok || s.Timeline == nil || len(s.Timeline.Requested) == 0 || sp.Name == "static" {
 				continue
 			}
 			var xy plotter.XYs
-			for i := 0; i < len(s.Requested); i += step {
-				xy = append(xy, plotter.XY{X: float64(i) / 60, Y: float64(s.Requested[i])})
+			for i := 0; i < len(s.Timeline.Requested); i += step {
+				xy = append(xy, plotter.XY{X: float64(i) / 60, Y: float64(s.Timeline.Requested[i])})
 			}
 			l, err := plotter.NewLine(xy)
 			if err != nil {

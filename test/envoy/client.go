@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -284,6 +285,9 @@ type filter struct {
 	cancel  context.CancelFunc
 	replies chan received
 	ignore  atomic.Bool
+	// local: the server sent an immediate_response, even one Envoy
+	// ignored (it came after the client left).
+	local atomic.Bool
 
 	recvDone chan struct{}
 	recvErr  error
@@ -308,14 +312,18 @@ type received struct {
 }
 
 // routerLocalReply is the local reply Envoy's router sends after an upstream
-// reset before response headers: a 503 with a short text body and no
-// trailers, encoded at once (so its body reaches the filter while it waits
-// for a header reply).
-func routerLocalReply() *Response {
+// reset before response headers, or when it finds no host (uh): a 503 with
+// a short text body and no trailers, encoded at once (so its body reaches
+// the filter while it waits for a header reply).
+func routerLocalReply(uh bool) *Response {
+	body := "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+	if uh {
+		body = "no healthy upstream"
+	}
 	return &Response{
 		Status:                503,
-		Headers:               []Header{{"content-length", "95"}, {"content-type", "text/plain"}},
-		Body:                  [][]byte{[]byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination")},
+		Headers:               []Header{{"content-length", strconv.Itoa(len(body))}, {"content-type", "text/plain"}},
+		Body:                  [][]byte{[]byte(body)},
 		BodyBeforeHeaderReply: true,
 	}
 }
@@ -369,8 +377,12 @@ func (f *filter) run(ctx context.Context) {
 		f.destroy()
 		return
 	}
-	// The upstream thinks.
-	if !f.delay(ctx, req.Response.HeadersDelay) {
+	if req.NoHealthyUpstream != nil && req.NoHealthyUpstream() {
+		// The router's host selection fails: a local 503 at once, before
+		// any upstream request (so before retry state exists).
+		res.NoHealthyUpstream = true
+		fail = Failure{Phase: UpstreamResetBeforeHeaders}
+	} else if !f.delay(ctx, req.Response.HeadersDelay) { // the upstream thinks
 		res.Outcome = DownstreamReset
 		f.destroy()
 		return
@@ -385,7 +397,7 @@ func (f *filter) run(ctx context.Context) {
 			f.destroy()
 			return
 		}
-		f.resp, localReply, fail = routerLocalReply(), true, Failure{}
+		f.resp, localReply, fail = routerLocalReply(res.NoHealthyUpstream), true, Failure{}
 	}
 	// encodeHeaders.
 	resp := f.resp
@@ -560,7 +572,16 @@ func (f *filter) onReply(kind Kind, msg *extprocv3.ProcessingRequest, sentAt tim
 	}
 	if ir := r.msg.GetImmediateResponse(); ir != nil && !f.spec.disableImmediate {
 		res.ImmediateResponse = true
-		f.localStatus = cmp.Or(int(ir.GetStatus().GetCode()), 200)
+		// sendImmediateResponse: a status below 200 (or none) becomes 200.
+		f.localStatus = max(int(ir.GetStatus().GetCode()), 200)
+		for _, h := range ir.GetHeaders().GetSetHeaders() {
+			v := string(h.GetHeader().GetRawValue())
+			if v == "" {
+				v = h.GetHeader().GetValue()
+			}
+			res.LocalHeaders = append(res.LocalHeaders, Header{Name: strings.ToLower(h.GetHeader().GetKey()), Value: v})
+		}
+		res.LocalDetails = ir.GetDetails()
 		f.closeStream()
 		return false
 	}
@@ -723,6 +744,9 @@ func (f *filter) receive() {
 			close(f.recvDone)
 			return
 		}
+		if m.GetImmediateResponse() != nil {
+			f.local.Store(true)
+		}
 		if f.spec.observe || f.ignore.Load() {
 			continue // Envoy ignores the reply
 		}
@@ -882,7 +906,9 @@ func (f *filter) closeStream() {
 		}
 	}
 	si.EndAck = f.endAck
-	si.EndedByServer = si.EndWrite.IsZero() && !si.FirstWrite.IsZero() && f.recvErr == nil
+	// After an immediate_response (used, or late: the client had left) the
+	// server ending the RPC first is the protocol: it answered the request.
+	si.EndedByServer = si.EndWrite.IsZero() && !si.FirstWrite.IsZero() && f.recvErr == nil && !f.local.Load()
 	si.Lost = si.FirstWrite.IsZero() && f.queued > 0
 	si.Uncertain = si.FirstReply.IsZero() && si.Reset && !si.FirstWrite.IsZero() &&
 		rstAt.Sub(si.FirstWrite) < f.cfg.UncertainWindow

@@ -44,6 +44,17 @@ type Request struct {
 	Response Response
 	Failure  Failure
 
+	// NoHealthyUpstream, if set, is asked once the request has passed the
+	// filter (its request_headers answered with CONTINUE, or the filter
+	// failed open): true means the router finds no host — the Service's
+	// cluster has no endpoint in this proxy's EDS, e.g. a workload at zero,
+	// or a held request released before the new endpoint reached the proxy.
+	// The router then answers 503 no_healthy_upstream (UH) at once, with no
+	// retry: host selection fails before retry state exists (ENVOY.md §5);
+	// the reply passes through ext_proc as the router's local replies do
+	// for this version.
+	NoHealthyUpstream func() bool
+
 	// OnResponseChunk, if set, is called on Do's goroutine before response
 	// chunk i is passed on (after its delay), with the Result being built:
 	// tests use it to observe the side stream mid-response without sleeping.
@@ -191,8 +202,15 @@ type Result struct {
 	// ProcessorErr is why the filter stopped using the processor early
 	// (nil if it did not).
 	ProcessorErr error
-	// ImmediateResponse: the processor answered with immediate_response.
+	// ImmediateResponse: the processor answered with immediate_response;
+	// LocalHeaders and LocalDetails are its headers (e.g. Retry-After;
+	// raw_value, else value) and details.
 	ImmediateResponse bool
+	LocalHeaders      []Header
+	LocalDetails      string
+	// NoHealthyUpstream: the router found no host (Request.NoHealthyUpstream)
+	// and answered 503 UH.
+	NoHealthyUpstream bool
 	// Replies lists the awaited replies that arrived in time, in order.
 	Replies []Reply
 	// TimeoutOverrides counts the override_message_timeout replies Envoy
@@ -209,6 +227,16 @@ type Result struct {
 
 // Wait blocks until the side stream is closed and Stream is final.
 func (r *Result) Wait() { <-r.done }
+
+// LocalHeader returns the immediate_response header name (lower case), or "".
+func (r *Result) LocalHeader(name string) string {
+	for _, h := range r.LocalHeaders {
+		if h.Name == name {
+			return h.Value
+		}
+	}
+	return ""
+}
 
 // Uncounted reports a request the filter tried to send to the processor and
 // could not (Stream.Refused or Stream.Lost): Envoy went on fail-open and no

@@ -6,10 +6,17 @@
 // the Envoy-faithful harness (test/envoy) on exactly the filter the install
 // renders for each profile (observe, control) and proxy generation (Envoy
 // ≤ 1.36, ≥ 1.37), with Envoy's three close orders and both local-reply
-// behaviours, spread per stream over three real extproc replicas.
+// behaviours, spread per stream over three real extproc replicas. The
+// replicas have gates (ISSUE12.md) that a driver changes every 20 ms, as
+// the leading controller would: edge requests of the control groups are
+// held while their Service is at zero and released when it is not, and
+// requests beyond small hold and in-flight limits are shed (429); now and
+// then the table expires.
 //
 // Checked after every run: every target drains (in_flight 0, started =
-// completed); per replica and namespace, the server started every stream
+// completed, nothing held, held_total = released + hold timeouts + client
+// gone); some requests were held and some shed; per replica and namespace,
+// the server started (or shed) every stream
 // the harness opened, except starts it provably could not see (reset within
 // a few ms with no reply, or never delivered by grpc-go), and every such
 // miss is in the replica's streams_without_request_headers counter; per

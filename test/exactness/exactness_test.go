@@ -19,6 +19,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 
+	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/envoy/envoytest"
 	"github.com/inflight-dev/inflight/test/testutil"
@@ -188,7 +189,7 @@ func run(t *testing.T, s spec) outcome {
 	if s.bug != nil {
 		opts = append(opts, grpc.ChainStreamInterceptor(s.bug))
 	}
-	reps := envoytest.Start(t, 3, opts...)
+	reps := envoytest.StartGated(t, 3, extproc.GatesOptions{ReleaseDelay: -1, MaxHeld: 50}, opts...)
 	addrs := envoytest.Addrs(reps)
 	var groups []*group
 	for i, cfg := range configs(s.seed) {
@@ -211,6 +212,7 @@ func run(t *testing.T, s spec) outcome {
 		reqs[i] = randomRequest(rng, groups[groupOf[i]].ns)
 	}
 	start := time.Now()
+	stopGates := driveGates(t, reps, len(configs(s.seed)), s.seed)
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	for range s.concurrency {
@@ -225,6 +227,7 @@ func run(t *testing.T, s spec) outcome {
 	}
 	close(jobs)
 	wg.Wait()
+	stopGates()
 	for _, g := range groups {
 		g.client.Wait()
 	}
@@ -238,6 +241,12 @@ func run(t *testing.T, s spec) outcome {
 		}
 		if r.ProcessorErr != nil {
 			k += "+err:" + r.ProcessorErr.Error()
+		}
+		if r.ImmediateResponse {
+			k += "+immediate:" + strconv.Itoa(r.Status)
+		}
+		if r.TimeoutOverrides > 0 {
+			k += "+held"
 		}
 		outcomes[k]++
 		msgs[len(r.Sent)]++
@@ -287,6 +296,9 @@ func run(t *testing.T, s spec) outcome {
 		st := &r.Stream
 		c := cell{st.Replica, key}
 		opened[c]++
+		if r.ImmediateResponse && r.Status == 429 {
+			continue // shed: counted as shed only, with no time in flight
+		}
 		gb.opened++
 		switch {
 		case st.Uncertain:
@@ -297,7 +309,8 @@ func run(t *testing.T, s spec) outcome {
 			gb.uncertain++ // its start may be missing: no bound from it
 		}
 		if st.EndedByServer {
-			o.errorf("request %d (%s): the server ended the RPC before any end signal was written: it ended the request early", i, key)
+			o.errorf("request %d (%s): the server ended the RPC before any end signal was written: it ended the request early (%v status %d held %v sent %v replies %v err %v)",
+				i, key, r.Outcome, r.Status, r.TimeoutOverrides > 0, r.Sent, r.Replies, r.ProcessorErr)
 		}
 		if st.EndWrite.IsZero() {
 			gb.upperKnown = false // nothing known of this end
@@ -313,11 +326,19 @@ func run(t *testing.T, s spec) outcome {
 			gb.upperKnown = false
 		}
 	}
+	// A shed stream started no request; it is counted as shed instead.
 	started := map[cell]uint64{}
+	var held, released, timeouts, abandoned, shed uint64
 	for i, rep := range reps {
 		for _, rec := range rep.Tracker.Records() {
-			started[cell{i, rec.Namespace}] += rec.Started
+			started[cell{i, rec.Namespace}] += rec.Started + rec.Shed
+			held, released, timeouts, abandoned, shed = held+rec.HeldTotal, released+rec.Released, timeouts+rec.HoldTimeouts,
+				abandoned+rec.HoldAbandoned, shed+rec.Shed
 		}
+	}
+	o.logf("held %d (released %d, hold timeouts %d, client gone %d), shed %d", held, released, timeouts, abandoned, shed)
+	if held == 0 || shed == 0 {
+		o.errorf("held %d, shed %d: the gates must hold and shed some requests, or the check says nothing of them", held, shed)
 	}
 	var totalOpened, totalUncertain, totalStarted, totalUndelivered uint64
 	for c, st := range started {
@@ -349,7 +370,7 @@ func run(t *testing.T, s spec) outcome {
 			o.errorf("replica %d: %d streams opened to it did not start a request, but it counted %d streams without request_headers", i, op-st, without)
 		}
 	}
-	o.logf("opened %d streams, server started %d: %d missed; %d uncertain (%.2f%%), %d more whose messages grpc-go never delivered (a server stall longer than the request)",
+	o.logf("opened %d streams, server started (or shed) %d: %d missed; %d uncertain (%.2f%%), %d more whose messages grpc-go never delivered (a server stall longer than the request)",
 		totalOpened, totalStarted, int64(totalOpened)-int64(totalStarted), totalUncertain, 100*float64(totalUncertain)/float64(max(totalOpened, 1)), totalUndelivered)
 	if (totalUncertain+totalUndelivered)*20 > totalOpened {
 		o.errorf("%d of %d starts are uncertain or undelivered: the check would be vacuous", totalUncertain+totalUndelivered, totalOpened)
@@ -396,6 +417,46 @@ func run(t *testing.T, s spec) outcome {
 		o.errorf("no bucket had a rigorous upper bound: the busy check proves nothing from above")
 	}
 	return o
+}
+
+// driveGates plays the leading controller for the run: every 20 ms a new
+// gate table for each group's Service (edge requests) and workload
+// (inbound), with a random ready count (0: edge requests of control groups
+// are held), hold limits and in-flight limits small enough to shed some
+// requests; now and then it sends nothing for 1.2 s, so that the table
+// expires (every held request released, nothing shed). The returned func
+// stops it; any request still held is then released by the expiry.
+func driveGates(t *testing.T, reps []*envoytest.Replica, groups int, sd uint64) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		r := rand.New(rand.NewPCG(sd, 2))
+		for {
+			d := &extproc.GatesDocument{Version: extproc.GatesVersion, Controller: "exactness", ExpiresInSeconds: 1,
+				Share: 1.0 / float64(len(reps))}
+			for i := range groups {
+				d.Gates = append(d.Gates, extproc.Gate{Namespace: fmt.Sprintf("g%02d", i), Service: "model-svc", Workload: "model",
+					ReadyEndpoints: r.IntN(2), Hold: true, HoldTimeoutSeconds: 1, ReleasePerEndpoint: 2,
+					MaxHeld: float64(3 * r.IntN(3)), MaxInFlight: float64(6 * r.IntN(2))})
+			}
+			for _, rep := range reps {
+				if err := rep.Gates.Apply(d); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			pause := 20 * time.Millisecond
+			if r.IntN(100) == 0 {
+				pause = 1200 * time.Millisecond
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(pause):
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }
 
 // drained polls (bounded by timeout) until every target on every replica has

@@ -36,16 +36,22 @@ func Names() []string {
 
 // Load returns the trace called ref: a built-in name (see Names), or the path
 // of a CSV file in the format of the Azure trace. A file's trace is named
-// after its base name without ".csv". Errors name the file (and the line, for
-// a malformed row).
+// after its base name without ".csv". Errors name the file as given (and the
+// line, for a malformed row: "path/to/x.csv:12: …").
 func Load(ref string) (sim.Trace, error) {
 	if b, ok := builtin[ref]; ok {
-		return sim.LoadCSV(ref, bytes.NewReader(b))
+		tr, err := sim.LoadCSV(ref, bytes.NewReader(b))
+		if ref == AzureConv {
+			tr.Kind = "conversation"
+		}
+		return tr, err
 	}
 	f, err := os.Open(ref)
 	if err != nil {
 		return sim.Trace{}, fmt.Errorf("trace %s: %w (built-in traces: %s)", ref, err, strings.Join(Names(), ", "))
 	}
 	defer f.Close()
-	return sim.LoadCSV(strings.TrimSuffix(filepath.Base(ref), ".csv"), f)
+	tr, err := sim.LoadCSV(ref, f) // errors name the path and the line
+	tr.Name = strings.TrimSuffix(filepath.Base(ref), ".csv")
+	return tr, err
 }

@@ -36,7 +36,7 @@ func TestLoadFile(t *testing.T) {
 	if err := os.WriteFile(p, []byte(data+"2023-11-16 18:15:02.0000000,x,10\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "mine:4") {
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p+":4:") {
 		t.Errorf("bad row: want the file and line named, got %v", err)
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "absent.csv")); err == nil ||

@@ -29,6 +29,9 @@ type Replica struct {
 	Registry *prometheus.Registry
 	Server   *grpc.Server
 	Addr     string
+	// Gates hold and shed this replica's control-mode requests (StartGated
+	// only; nil otherwise).
+	Gates *extproc.Gates
 
 	undelivered sync.Map // harness stream tag → struct{}
 }
@@ -80,6 +83,22 @@ func (s *firstRecv) RecvMsg(m any) error {
 // replica also chains an interceptor that only records Undelivered streams.
 func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
 	t.Helper()
+	return start(t, n, nil, opts)
+}
+
+// RetryAfter is the Retry-After of gated replicas' local replies.
+const RetryAfter = time.Second
+
+// StartGated is Start with each replica's own extproc.Gates (go), closed at
+// the end of the test: nothing is held or shed until a table is applied
+// (Replica.Gates.Apply, as PUT /v1/gates does).
+func StartGated(t testing.TB, n int, gopts extproc.GatesOptions, opts ...grpc.ServerOption) []*Replica {
+	t.Helper()
+	return start(t, n, &gopts, opts)
+}
+
+func start(t testing.TB, n int, gopts *extproc.GatesOptions, opts []grpc.ServerOption) []*Replica {
+	t.Helper()
 	reps := make([]*Replica, n)
 	for i := range reps {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -93,8 +112,16 @@ func Start(t testing.TB, n int, opts ...grpc.ServerOption) []*Replica {
 			t.Fatal(err)
 		}
 		rep := &Replica{Tracker: tr, Registry: reg, Addr: lis.Addr().String()}
+		so := extproc.ServerOptions{Metrics: m}
+		if gopts != nil {
+			o := *gopts
+			o.Metrics = m
+			rep.Gates = extproc.NewGates(o)
+			t.Cleanup(rep.Gates.Close)
+			so.Gates, so.RetryAfter = rep.Gates, RetryAfter
+		}
 		gs := grpc.NewServer(append(slices.Clone(opts), grpc.ChainStreamInterceptor(rep.observe))...)
-		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, extproc.ServerOptions{Metrics: m}))
+		extprocv3.RegisterExternalProcessorServer(gs, extproc.NewServer(tr, so))
 		rep.Server = gs
 		go func() { _ = gs.Serve(lis) }()
 		t.Cleanup(gs.Stop)
@@ -120,6 +147,10 @@ type Totals struct {
 	Targets             int
 	IdentifiedTargets   int // targets with an empty Reason
 	UnattributedStarted uint64
+	// Holding and shedding (gated replicas).
+	Held                                             int64
+	HeldTotal, Released, HoldTimeouts, HoldAbandoned uint64
+	Shed                                             uint64
 }
 
 // Sum reads every replica's tracker once and sums.
@@ -132,6 +163,12 @@ func Sum(reps []*Replica) Totals {
 			s.Completed += rec.Completed
 			s.Busy += rec.BusySeconds
 			s.DurationSum += rec.DurationSecondsSum
+			s.Held += rec.Held
+			s.HeldTotal += rec.HeldTotal
+			s.Released += rec.Released
+			s.HoldTimeouts += rec.HoldTimeouts
+			s.HoldAbandoned += rec.HoldAbandoned
+			s.Shed += rec.Shed
 			s.Targets++
 			if rec.Reason == "" {
 				s.IdentifiedTargets++
@@ -167,19 +204,27 @@ func Drained(t testing.TB, reps []*Replica, timeout time.Duration) Totals {
 }
 
 // Violations describes every target whose in_flight ≠ 0 or started ≠
-// completed, or returns "".
+// completed, or with a request still held or one that left the hold other
+// than once (held_total ≠ released + hold timeouts + abandoned), and every
+// replica whose gates still hold a request; or returns "".
 func Violations(reps []*Replica) string {
 	var b strings.Builder
 	bad := 0
 	for i, r := range reps {
 		for _, rec := range r.Tracker.Records() {
-			if rec.InFlight != 0 || rec.Started != rec.Completed {
+			if rec.InFlight != 0 || rec.Started != rec.Completed || rec.Held != 0 ||
+				rec.HeldTotal != rec.Released+rec.HoldTimeouts+rec.HoldAbandoned {
 				if bad++; bad > 8 {
 					continue
 				}
-				fmt.Fprintf(&b, "replica %d target %s/%s/%s/%s%s: in_flight=%d started=%d completed=%d; ",
-					i, rec.Namespace, rec.Workload, rec.Service, rec.Pod, rec.Reason, rec.InFlight, rec.Started, rec.Completed)
+				fmt.Fprintf(&b, "replica %d target %s/%s/%s/%s%s: in_flight=%d started=%d completed=%d held=%d held_total=%d released=%d hold_timeouts=%d abandoned=%d; ",
+					i, rec.Namespace, rec.Workload, rec.Service, rec.Pod, rec.Reason, rec.InFlight, rec.Started, rec.Completed,
+					rec.Held, rec.HeldTotal, rec.Released, rec.HoldTimeouts, rec.HoldAbandoned)
 			}
+		}
+		if r.Gates != nil && r.Gates.Held() != 0 {
+			bad++
+			fmt.Fprintf(&b, "replica %d: its gates still hold %d requests; ", i, r.Gates.Held())
 		}
 	}
 	if bad > 8 {
