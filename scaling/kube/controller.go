@@ -61,6 +61,7 @@ type Controller struct {
 	slices             discoverylisters.EndpointSliceLister
 	services           corelisters.ServiceLister
 	synced             []cache.InformerSynced
+	hpa                hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
 
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
@@ -132,6 +133,9 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 	c.broadcaster = record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 100, QPS: 1}))
 	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: FieldManager, Host: opt.Identity})
 	c.status = Status{Identity: opt.Identity}
+	if err := c.watchHPAs(); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 

@@ -110,8 +110,12 @@ func (c *Controller) fetch(ctx context.Context, t *term, v *view) collect.Result
 // writes to make; it warns about the stray ones.
 func (c *Controller) decide(t *term, v *view, res collect.Result, now time.Time) (writes []*write) {
 	present := map[collect.Workload]bool{}
+	skip := c.hpaScaled(v.managed) // hpa.go
 	for _, dep := range v.managed {
 		w := collect.Workload{Namespace: dep.Namespace, Name: dep.Name}
+		if skip[w] {
+			continue // an HPA scales it: not present, its state and metrics go
+		}
 		present[w] = true
 		st := t.workloads[w]
 		if st == nil {
