@@ -148,6 +148,18 @@ func HasAnnotations(ann map[string]string) bool {
 	return false
 }
 
+// Enabled reports whether ann holds an annotation that enables inflight
+// (target or slo-wait): the controller manages such a Deployment, and
+// reports the others with inflight.dev/ annotations as not managed.
+func Enabled(ann map[string]string) bool {
+	for _, e := range enabling {
+		if _, ok := ann[AnnotationPrefix+e]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // FieldError is one invalid annotation: its full name, the value as
 // written, and what is allowed.
 type FieldError struct {

@@ -376,3 +376,26 @@ func TestREADMEAnnotationTable(t *testing.T) {
 		t.Fatalf("README.md's annotation table differs from the code's; want:\n%s\ngot:\n%s", want, tbl)
 	}
 }
+
+// Enabled is what the controller manages: target or slo-wait, with or
+// without the other annotations; other inflight.dev/ keys alone are not.
+func TestEnabled(t *testing.T) {
+	for _, c := range []struct {
+		ann  map[string]string
+		want bool
+	}{
+		{map[string]string{"inflight.dev/target": "4"}, true},
+		{map[string]string{"inflight.dev/slo-wait": "10s", "inflight.dev/concurrency": "8"}, true},
+		{map[string]string{"inflight.dev/targt": "4", "inflight.dev/max-replicas": "8"}, false},
+		{map[string]string{"other.io/target": "4"}, false},
+		{nil, false},
+	} {
+		if got := Enabled(c.ann); got != c.want {
+			t.Errorf("Enabled(%v) = %v, want %v", c.ann, got, c.want)
+		}
+		// Whatever parses is enabled, and nothing enabled parses.
+		if _, err := ParseAnnotations(c.ann); c.want && err != nil || !c.want && HasAnnotations(c.ann) && err == nil {
+			t.Errorf("%v: enabled %v but ParseAnnotations: %v", c.ann, c.want, err)
+		}
+	}
+}

@@ -62,8 +62,9 @@ func (c *Controller) warnInvalid(dep *appsv1.Deployment, err error, then string)
 }
 
 // strays warns, once per distinct annotation set, about the Deployments
-// that carry inflight.dev/ annotations without inflight.dev/target (a
-// typo such as inflight.dev/targt, or a removed target): inflight does not
+// that carry inflight.dev/ annotations without inflight.dev/target or
+// inflight.dev/slo-wait (a typo such as inflight.dev/targt, or a removed
+// target): inflight does not
 // manage them, and says so instead of ignoring them silently.
 func (c *Controller) strays(t *term, deps []*appsv1.Deployment) {
 	seen := make(map[collect.Workload]bool, len(deps))
@@ -79,8 +80,8 @@ func (c *Controller) strays(t *term, deps []*appsv1.Deployment) {
 		if err == nil {
 			continue // cannot happen without the target; nothing to say
 		}
-		c.warnInvalid(dep, err, "inflight does not manage this Deployment until "+TargetAnnotation+" is set")
-		c.log.Warn("inflight.dev/ annotations without "+TargetAnnotation, zap.String("workload", w.String()), zap.Error(err))
+		c.warnInvalid(dep, err, "inflight does not manage this Deployment until "+TargetAnnotation+" or "+SLOWaitAnnotation+" is set")
+		c.log.Warn("inflight.dev/ annotations without "+TargetAnnotation+" or "+SLOWaitAnnotation, zap.String("workload", w.String()), zap.Error(err))
 		c.m.invalidConfigs.Inc()
 		c.m.setInvalid(w, true)
 	}

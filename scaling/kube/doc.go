@@ -1,5 +1,5 @@
 // Package kube is the Kubernetes side of the inflight controller: it watches
-// the Deployments that carry the inflight.dev/target annotation, their pods
+// the Deployments that carry inflight.dev/target or inflight.dev/slo-wait, their pods
 // (ready vs starting, observed cold starts) and the extproc Service's
 // EndpointSlices (the snapshot URLs) through shared informers; it takes a
 // coordination.k8s.io Lease (client-go leaderelection) and, while it leads,
@@ -20,6 +20,7 @@
 //	pods.go        a Deployment's pods: ready, starting, observed cold starts
 //	endpoints.go   the extproc replicas from the EndpointSlices (ready, serving
 //	               or terminating)
+//	hpa.go         managed Deployments an HPA (KEDA's) scales: skipped, warned
 //	scale.go       /scale writes (bounded errgroup, conflict retries) and their Events
 //	status.go      GET /v1/status
 //	metrics.go     the Prometheus metrics

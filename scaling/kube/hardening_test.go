@@ -208,9 +208,23 @@ func TestStrayAnnotationsWarn(t *testing.T) {
 	e.pod("typo", "typo-1")
 	e.deployment("llama", fastAnn(), 1)
 	e.pod("llama", "llama-1")
+	// slo-wait alone enables inflight (issue 11): managed, not a stray.
+	slo := fastAnn()
+	delete(slo, "inflight.dev/target")
+	slo["inflight.dev/slo-wait"] = "10s"
+	e.deployment("slo", slo, 1)
+	e.pod("slo", "slo-1")
 	a := e.replica("a")
 	a.SetInFlight(e.ns, "typo", "typo-1", 6, time.Second)
 	r := e.start(e.cfg, e.fastOptions("c1"), nil)
+	eventually(t, 30*time.Second, "the slo-wait-only Deployment managed", func() bool {
+		for _, w := range r.c.Status().Workloads {
+			if w.Workload == "slo" {
+				return true
+			}
+		}
+		return false
+	})
 
 	eventually(t, 30*time.Second, "Warning Events for the typo and the missing target", func() bool {
 		evs := e.events("typo")
@@ -234,5 +248,8 @@ func TestStrayAnnotationsWarn(t *testing.T) {
 		if strings.HasPrefix(w.Workload, "typo") || w.Workload == "llama" {
 			t.Errorf("unmanaged Deployment in status: %+v", w)
 		}
+	}
+	if ev := findEvent(e.events("slo"), ReasonInvalidConfig); ev != nil {
+		t.Errorf("slo-wait-only Deployment reported invalid: %s", ev.Message)
 	}
 }

@@ -59,7 +59,7 @@ func slimDeployment(obj any) (any, error) {
 
 // view is what one tick reads of the cluster, once, before it fetches: the
 // Deployments with inflight.dev/ annotations (managed: with
-// inflight.dev/target; stray: without) and the live pods of each managed
+// inflight.dev/target or inflight.dev/slo-wait; stray: without) and the live pods of each managed
 // one, which decide what a snapshot's targets count for.
 type view struct {
 	c              *Controller
@@ -72,6 +72,9 @@ type view struct {
 	// and whether a pod is a live pod of it.
 	other     map[collect.Workload]labels.Selector
 	otherLive map[liveKey]bool
+	// svcBackends caches, for this tick, the Deployments each Service
+	// selects (services.go).
+	svcBackends map[svcKey][]backend
 }
 
 type liveKey struct{ namespace, workload, pod string }
@@ -126,13 +129,13 @@ func (c *Controller) view() (v *view, ok bool) {
 		return nil, false
 	}
 	v = &view{c: c, pods: map[collect.Workload][]*corev1.Pod{}, live: map[liveKey]struct{}{},
-		other: map[collect.Workload]labels.Selector{}, otherLive: map[liveKey]bool{}}
+		other: map[collect.Workload]labels.Selector{}, otherLive: map[liveKey]bool{}, svcBackends: map[svcKey][]backend{}}
 	for _, o := range objs {
 		dep, ok := o.(*appsv1.Deployment)
 		if !ok {
 			continue
 		}
-		if _, managed := dep.Annotations[TargetAnnotation]; !managed {
+		if !scaling.Enabled(dep.Annotations) {
 			v.stray = append(v.stray, dep)
 			continue
 		}
