@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,7 +151,7 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	head := "NAMESPACE\tDEPLOYMENT\tTARGET\tIN-FLIGHT\tSTABLE\tBURST\tTREND\tDESIRED\tREADY\tREQUESTED\tLAST DECISION"
+	head := "NAMESPACE\tDEPLOYMENT\tTARGET\tSOURCE\tIN-FLIGHT\tSTABLE\tBURST\tTREND\tDESIRED\tREADY\tREQUESTED\tLAST DECISION"
 	if wide {
 		head += "\tPREDICTED\tCOLD-START\tLAST CHANGE"
 	}
@@ -161,7 +162,9 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 		if ws.Target > 0 {
 			target = fmt.Sprintf("%g", ws.Target)
 		}
-		row := []string{ws.Namespace, ws.Workload, target}
+		// SOURCE: where the demand is seen (inbound sidecars, the edge, or
+		// both: the sidecars' count plus the edge's held requests).
+		row := []string{ws.Namespace, ws.Workload, target, cmp.Or(ws.Source, "-")}
 		d := ws.Last
 		if d == nil {
 			row = append(row, "-", "-", "-", "-", "-", "-", "-", "none yet")
@@ -170,7 +173,11 @@ func writeStatus(w io.Writer, st *kube.Status, wide bool) error {
 			if d.Panicking {
 				burst += " (panic)"
 			}
-			row = append(row, fmt.Sprintf("%.0f", d.InFlight), fmt.Sprintf("%.1f", d.StableDemand), burst,
+			inFlight := fmt.Sprintf("%.0f", d.InFlight)
+			if d.Held > 0 {
+				inFlight += fmt.Sprintf(" (%.0f held)", d.Held)
+			}
+			row = append(row, inFlight, fmt.Sprintf("%.1f", d.StableDemand), burst,
 				fmt.Sprintf("%+.2f/s", d.Trend), fmt.Sprint(d.Desired), fmt.Sprint(d.Ready), requested(d),
 				fmt.Sprintf("%s %s ago", d.Direction, age(st.Time, d.Time)))
 		}

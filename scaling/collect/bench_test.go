@@ -35,11 +35,11 @@ func BenchmarkTick1000x20(b *testing.B) {
 	}
 	c := collect.New(collect.Options{Timeout: 5 * time.Second})
 	ctx := context.Background()
-	if r := c.Tick(ctx, eps, nil); r.Partial || len(r.Workloads) != 1000 {
+	if r := c.Tick(ctx, eps, nil, nil); r.Partial || len(r.Workloads) != 1000 {
 		b.Fatalf("partial=%v workloads=%d errors=%v", r.Partial, len(r.Workloads), r.Errors)
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		c.Tick(ctx, eps, nil)
+		c.Tick(ctx, eps, nil, nil)
 	}
 }

@@ -8,12 +8,16 @@
 //
 // What is summed is checked, never trusted:
 //
-//   - Attribution: a target counts for the workload the caller's
+//   - Attribution: an inbound target counts for the workload the caller's
 //     Attribution names (the controller: only targets whose pod is a live
-//     pod of that Deployment); others are counted as unattributed.
+//     pod of that Deployment); others are counted as unattributed. An
+//     edge target (a Service) counts for the workloads the caller's
+//     EdgeMap gives it to, in its shares; a request seen at both places
+//     counts once (see Sample).
 //   - Impossible numbers reject the whole snapshot (FetchError kind
 //     "invalid", the tick is partial): a negative or non-finite counter;
-//     completed > started or in_flight > started − completed; a counter that
+//     completed > started or in_flight > started − completed; held
+//     outside 0 to in_flight; a counter that
 //     went down without a new boot id (a target whose
 //     created_uptime_seconds changed, or whose started went down, was
 //     evicted and re-created and starts from zero); a creation time beyond
@@ -73,6 +77,29 @@ import (
 var jsonAPI = jsoniter.Config{EscapeHTML: true, SortMapKeys: true, ValidateJsonRawMessage: true,
 	ObjectFieldMustBeSimpleString: true}.Froze()
 
+// record and snapshot are the contract's types.
+type (
+	record   = extproc.TargetRecord
+	snapshot = extproc.Snapshot
+)
+
+// isEdge reports whether r is an edge record (a Service seen at a gateway
+// or an outbound sidecar, with no workload or pod): its source says so,
+// or, from an extproc that does not say, it names a Service and no
+// workload.
+func isEdge(r *record) bool {
+	return r.Source == SourceEdge || r.Source == "" && r.Workload == "" && r.Service != ""
+}
+
+// Record sources (the snapshot's "source"), and Sample.Source.
+const (
+	SourceInbound = string(mesh.SourceInbound)
+	SourceEdge    = string(mesh.SourceEdge)
+	// SourceBoth (Sample.Source only): the workload's inbound sidecars
+	// count it, and an edge sees requests for its Services too.
+	SourceBoth = "both"
+)
+
 // Endpoint is one extproc replica.
 type Endpoint struct {
 	// Key identifies the replica across ticks (its pod name, or its address).
@@ -93,6 +120,19 @@ type Target struct {
 	Namespace, Workload, Service, Pod, Reason string
 }
 
+// Share is the part of an edge Service's demand that is one workload's.
+type Share struct {
+	Workload Workload
+	// Fraction is in (0, 1]; the shares of one Service sum to 1.
+	Fraction float64
+}
+
+// EdgeMap maps an edge target, a Service, to the workloads whose demand
+// it is (the Deployments its selector selects) and the share of each;
+// none: the Service is nobody's. The collector calls it at most once per
+// Service and tick.
+type EdgeMap func(namespace, service string) []Share
+
 // Attribution maps a counted target (Reason "") to the workload whose
 // demand it is; ok is false when it is nobody's.
 type Attribution func(Target) (w Workload, ok bool)
@@ -105,11 +145,26 @@ func ByName(t Target) (Workload, bool) {
 }
 
 // Sample is one workload's demand over one tick, summed over the replicas.
+//
+// A request seen both at the edge and at the workload's inbound sidecar is
+// counted once: when an inbound record of the workload was seen within
+// Options.Expire (its pods are counted by a sidecar filter), the sample is
+// the inbound demand plus the edge's held requests only (a held request
+// cannot have reached a pod; a released one is counted by the sidecar);
+// otherwise (a gateway-only or ambient install, or a workload at zero
+// since longer than Expire) it is the edge's demand, all of it.
 type Sample struct {
 	// Concurrency is the mean requests in flight over the interval.
 	Concurrency float64
-	// InFlight is the requests in flight at the end of the interval.
+	// InFlight is the requests in flight at the end of the interval, held
+	// ones included.
 	InFlight float64
+	// Held is the part of InFlight held at the edge: requests waiting for
+	// the workload to have a ready endpoint (scale from zero).
+	Held float64
+	// Source says where the demand was seen: SourceInbound, SourceEdge or
+	// SourceBoth (see Sample).
+	Source string
 	// Arrivals and Completions are the requests started and completed in
 	// the interval.
 	Arrivals, Completions float64
@@ -149,6 +204,9 @@ type Result struct {
 	// those targets.
 	Unattributed        float64
 	UnattributedTargets int
+	// Unmapped is the in-flight count of edge targets whose Service the
+	// EdgeMap gave to nobody (it selects no Deployment).
+	Unmapped float64
 	// Errors lists the replicas that did not answer, or whose snapshot was
 	// rejected, and why.
 	Errors []FetchError
@@ -248,7 +306,7 @@ type baseline struct {
 	uptime     float64
 	wall       time.Time
 	begin, end time.Time // this collector's clock around the fetch
-	targets    []extproc.TargetRecord
+	targets    []record
 }
 
 // replica is what is kept of one endpoint between ticks.
@@ -259,7 +317,7 @@ type replica struct {
 	// silent, rejected or vanished, the replica keeps contributing these
 	// until Expire.
 	seen     time.Time
-	accepted []extproc.TargetRecord
+	accepted []record
 	conc     []float64
 }
 
@@ -268,25 +326,30 @@ type Collector struct {
 	opt      Options
 	replicas map[string]*replica
 	meanDur  map[Workload]time.Duration
+	// inbound is when an inbound record of each workload was last summed
+	// (the demand rule of Sample).
+	inbound map[Workload]time.Time
 }
 
 // New returns a Collector.
 func New(opt Options) *Collector {
 	opt.defaults()
-	return &Collector{opt: opt, replicas: map[string]*replica{}, meanDur: map[Workload]time.Duration{}}
+	return &Collector{opt: opt, replicas: map[string]*replica{}, meanDur: map[Workload]time.Duration{},
+		inbound: map[Workload]time.Time{}}
 }
 
 type fetched struct {
 	ep         Endpoint
-	snap       *extproc.Snapshot
+	snap       *snapshot
 	begin, end time.Time
 	err        *FetchError
 }
 
 // Tick fetches every endpoint in parallel and returns the checked demand per
-// workload, attributing each counted target with attr (nil: ByName). Call
-// it once per tick from one goroutine.
-func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint, attr Attribution) Result {
+// workload, attributing each counted inbound target with attr (nil:
+// ByName) and each edge target with edges (nil: nobody's). Call it once
+// per tick from one goroutine.
+func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint, attr Attribution, edges EdgeMap) Result {
 	if attr == nil {
 		attr = ByName
 	}
@@ -300,7 +363,7 @@ func (c *Collector) Tick(ctx context.Context, endpoints []Endpoint, attr Attribu
 		}()
 	}
 	wg.Wait()
-	return c.merge(out, attr)
+	return c.merge(out, attr, edges)
 }
 
 func (c *Collector) fetch(ctx context.Context, ep Endpoint) fetched {
@@ -318,7 +381,7 @@ func (c *Collector) fetch(ctx context.Context, ep Endpoint) fetched {
 	return fetched{ep: ep, snap: snap, begin: begin, end: end}
 }
 
-func (c *Collector) get(ctx context.Context, url string) (*extproc.Snapshot, string, error) {
+func (c *Collector) get(ctx context.Context, url string) (*snapshot, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opt.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -337,7 +400,7 @@ func (c *Collector) get(ctx context.Context, url string) (*extproc.Snapshot, str
 	if resp.StatusCode != http.StatusOK {
 		return nil, "http-status", fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
-	var s extproc.Snapshot
+	var s snapshot
 	// Decoding is the tick's main cost (see jsonAPI).
 	dec := jsonAPI.NewDecoder(io.LimitReader(resp.Body, c.opt.MaxBytes))
 	if err := dec.Decode(&s); err != nil {
@@ -373,23 +436,23 @@ func Bound(prevInFlight int64, started uint64, dUptime, fetch float64) float64 {
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
-func key(r *extproc.TargetRecord) Target {
+func key(r *record) Target {
 	return Target{r.Namespace, r.Workload, r.Service, r.Pod, r.Reason}
 }
 
 // compare orders records by (namespace, workload, service, pod, reason),
 // the order of the snapshot contract.
-func compare(a, b *extproc.TargetRecord) int {
+func compare(a, b *record) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Workload, b.Workload),
 		strings.Compare(a.Service, b.Service), strings.Compare(a.Pod, b.Pod), strings.Compare(a.Reason, b.Reason))
 }
 
 // sorted returns the snapshot's records in contract order (sorting them in
 // place when a replica did not), or an error for a target listed twice.
-func sorted(ts []extproc.TargetRecord) error {
+func sorted(ts []record) error {
 	for i := 1; i < len(ts); i++ {
 		if compare(&ts[i-1], &ts[i]) >= 0 {
-			slices.SortFunc(ts, func(a, b extproc.TargetRecord) int { return compare(&a, &b) })
+			slices.SortFunc(ts, func(a, b record) int { return compare(&a, &b) })
 			break
 		}
 	}
@@ -405,14 +468,14 @@ func sorted(ts []extproc.TargetRecord) error {
 // counters in the baseline (-1: none, because it is new, was evicted and
 // re-created, or there is no baseline: its previous counters are zero).
 type delta struct {
-	r    *extproc.TargetRecord
+	r    *record
 	prev int
 }
 
-var zero extproc.TargetRecord
+var zero record
 
 // previous returns d's previous counters in base.
-func (d delta) previous(base *baseline) *extproc.TargetRecord {
+func (d delta) previous(base *baseline) *record {
 	if d.prev < 0 {
 		return &zero
 	}
@@ -457,6 +520,8 @@ func (c *Collector) check(f *fetched, prev *baseline) ([]delta, float64, error) 
 		switch {
 		case n.InFlight < 0:
 			return nil, 0, fmt.Errorf("target %v: in_flight %d < 0", key(n), n.InFlight)
+		case n.Held < 0 || n.Held > n.InFlight:
+			return nil, 0, fmt.Errorf("target %v: held %d: want 0 to in_flight %d (held requests are in flight)", key(n), n.Held, n.InFlight)
 		case !finite(n.BusySeconds) || n.BusySeconds < 0 || !finite(n.DurationSecondsSum) || n.DurationSecondsSum < 0:
 			return nil, 0, fmt.Errorf("target %v: busy_seconds_total %v, duration_seconds_sum %v: want finite values ≥ 0",
 				key(n), n.BusySeconds, n.DurationSecondsSum)
@@ -504,9 +569,15 @@ func (c *Collector) check(f *fetched, prev *baseline) ([]delta, float64, error) 
 	return out, dt, nil
 }
 
+// sums accumulates one side's demand (inbound or edge) per workload.
+type sums struct {
+	s    Sample
+	durs [2]float64 // completed, duration sum in the interval
+}
+
 // merge checks one tick's fetches, folds them into the kept state and sums
 // per workload.
-func (c *Collector) merge(out []fetched, attr Attribution) Result {
+func (c *Collector) merge(out []fetched, attr Attribution, edges EdgeMap) Result {
 	now := c.opt.Clock.Now()
 	res := Result{Time: now, Workloads: map[Workload]Sample{}, PartialNamespaces: map[string]bool{},
 		PartialWorkloads: map[Workload]bool{}, Endpoints: len(out)}
@@ -515,23 +586,64 @@ func (c *Collector) merge(out []fetched, attr Attribution) Result {
 	}
 	ok := make(map[string]bool, len(out))
 	listed := make(map[string]bool, len(out))
-	durs := map[Workload][2]float64{} // completed, duration sum in the interval
-	// add counts a record's in-flight and concurrency for the workload the
-	// attribution gives it; it returns that workload.
-	add := func(r *extproc.TargetRecord, conc float64) (Workload, bool) {
+	inbound, edge := map[Workload]*sums{}, map[Workload]*sums{}
+	at := func(m map[Workload]*sums, w Workload) *sums {
+		s := m[w]
+		if s == nil {
+			s = &sums{}
+			m[w] = s
+		}
+		return s
+	}
+	type svc struct{ namespace, name string }
+	mapped := map[svc][]Share{}
+	shares := func(r *record) []Share {
+		k := svc{r.Namespace, r.Service}
+		sh, seen := mapped[k]
+		if !seen {
+			if edges != nil {
+				sh = edges(r.Namespace, r.Service)
+			}
+			mapped[k] = sh
+		}
+		return sh
+	}
+	// add counts a counted record's in-flight and concurrency, and with
+	// interval (p: its previous counters) its arrivals, completions and
+	// durations, for the workloads it is demand of.
+	add := func(r *record, conc float64, p *record) {
+		one := func(s *sums, f float64) {
+			s.s.InFlight += f * float64(r.InFlight)
+			s.s.Held += f * float64(r.Held)
+			s.s.Concurrency += f * conc
+			if p == nil {
+				return
+			}
+			s.s.Arrivals += f * float64(r.Started-p.Started)
+			s.s.Completions += f * float64(r.Completed-p.Completed)
+			s.durs[0] += f * float64(r.Completed-p.Completed)
+			s.durs[1] += f * (r.DurationSecondsSum - p.DurationSecondsSum)
+		}
+		if isEdge(r) {
+			sh := shares(r)
+			if len(sh) == 0 {
+				res.Unmapped += float64(r.InFlight)
+			}
+			for _, x := range sh {
+				one(at(edge, x.Workload), x.Fraction)
+			}
+			return
+		}
 		w, yes := attr(key(r))
 		if !yes {
 			if r.Workload != "" {
 				res.Unattributed += float64(r.InFlight)
 				res.UnattributedTargets++
 			}
-			return w, false
+			return
 		}
-		s := res.Workloads[w]
-		s.InFlight += float64(r.InFlight)
-		s.Concurrency += conc
-		res.Workloads[w] = s
-		return w, true
+		c.inbound[w] = now
+		one(at(inbound, w), 1)
 	}
 	for i := range out {
 		f := &out[i]
@@ -574,8 +686,12 @@ func (c *Collector) merge(out []fetched, attr Attribution) Result {
 				// the counts of whoever they were for are a lower bound.
 				w, yes := attr(key(n))
 				switch {
-				case n.Reason == "" && yes:
+				case n.Reason == "" && !isEdge(n) && yes:
 					res.PartialWorkloads[w] = true
+				case n.Reason == "" && isEdge(n) && len(shares(n)) > 0:
+					for _, x := range shares(n) {
+						res.PartialWorkloads[x.Workload] = true
+					}
 				case n.Namespace != "":
 					res.PartialNamespaces[n.Namespace] = true
 				default:
@@ -598,20 +714,11 @@ func (c *Collector) merge(out []fetched, attr Attribution) Result {
 			conc := float64(n.InFlight) // no interval: the point value
 			if dt > 0 {
 				conc = max(n.BusySeconds-p.BusySeconds, 0) / dt
+			} else {
+				p = nil
 			}
 			nr.conc[k] = conc
-			w, yes := add(n, conc)
-			if !yes || dt == 0 {
-				continue
-			}
-			s := res.Workloads[w]
-			s.Arrivals += float64(n.Started - p.Started)
-			s.Completions += float64(n.Completed - p.Completed)
-			res.Workloads[w] = s
-			dd := durs[w]
-			dd[0] += float64(n.Completed - p.Completed)
-			dd[1] += n.DurationSecondsSum - p.DurationSecondsSum
-			durs[w] = dd
+			add(n, conc, p)
 		}
 		c.replicas[f.ep.Key] = nr
 	}
@@ -631,22 +738,61 @@ func (c *Collector) merge(out []fetched, attr Attribution) Result {
 		}
 		for i := range r.accepted {
 			if r.accepted[i].Reason == "" {
-				add(&r.accepted[i], r.conc[i])
+				add(&r.accepted[i], r.conc[i], nil)
 			}
 		}
 	}
-	for w, s := range res.Workloads {
-		if dd := durs[w]; dd[0] > 0 && dd[1] >= 0 {
-			c.meanDur[w] = time.Duration(dd[1] / dd[0] * float64(time.Second))
+	c.combine(&res, inbound, edge)
+	sort.Slice(res.Errors, func(i, j int) bool { return res.Errors[i].Endpoint.Key < res.Errors[j].Endpoint.Key })
+	return res
+}
+
+// combine applies the demand rule of Sample to each workload's inbound and
+// edge sums, and the mean durations.
+func (c *Collector) combine(res *Result, inbound, edge map[Workload]*sums) {
+	now := res.Time
+	for w, t := range c.inbound {
+		if now.Sub(t) > c.opt.Expire {
+			delete(c.inbound, w)
 		}
-		s.MeanDuration = c.meanDur[w]
-		res.Workloads[w] = s
+	}
+	for w, in := range inbound {
+		s, durs := in.s, in.durs
+		s.Source = SourceInbound
+		if e := edge[w]; e != nil {
+			s.Source = SourceBoth
+			s.InFlight += e.s.Held
+			s.Concurrency += e.s.Held // waiting the whole interval, as far as is known
+			s.Held += e.s.Held
+		}
+		c.sample(res, w, s, durs)
+	}
+	for w, e := range edge {
+		if _, done := inbound[w]; done {
+			continue
+		}
+		if _, counted := c.inbound[w]; counted {
+			// Counted by its sidecars within Expire, none of them now:
+			// only the held requests are not theirs.
+			c.sample(res, w, Sample{InFlight: e.s.Held, Concurrency: e.s.Held, Held: e.s.Held, Source: SourceBoth}, [2]float64{})
+			continue
+		}
+		s := e.s
+		s.Source = SourceEdge
+		c.sample(res, w, s, e.durs)
 	}
 	for w := range c.meanDur {
 		if _, ok := res.Workloads[w]; !ok && len(c.meanDur) > 4*len(res.Workloads)+64 {
 			delete(c.meanDur, w)
 		}
 	}
-	sort.Slice(res.Errors, func(i, j int) bool { return res.Errors[i].Endpoint.Key < res.Errors[j].Endpoint.Key })
-	return res
+}
+
+// sample records one workload's sample with its mean duration.
+func (c *Collector) sample(res *Result, w Workload, s Sample, durs [2]float64) {
+	if durs[0] > 0 && durs[1] >= 0 {
+		c.meanDur[w] = time.Duration(durs[1] / durs[0] * float64(time.Second))
+	}
+	s.MeanDuration = c.meanDur[w]
+	res.Workloads[w] = s
 }

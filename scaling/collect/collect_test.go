@@ -51,7 +51,7 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 	a.Start("ml", "llama", "p1", 2)
 	b.Start("ml", "llama", "p2", 1)
 	a.Start("other", "x", "q", 7)
-	r0 := c.Tick(ctx, eps(a, b), nil)
+	r0 := c.Tick(ctx, eps(a, b), nil, nil)
 	if r0.Partial || r0.Answered != 2 {
 		t.Fatalf("first tick: partial=%v answered=%d errors=%v", r0.Partial, r0.Answered, r0.Errors)
 	}
@@ -62,7 +62,7 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 	a.Start("ml", "llama", "p1", 2) // 4 on a for the second half
 	clk.Step(500 * time.Millisecond)
 	b.Complete("ml", "llama", "p2", 1, time.Second) // b: 1 for the full second
-	r1 := c.Tick(ctx, eps(a, b), nil)
+	r1 := c.Tick(ctx, eps(a, b), nil, nil)
 	got := r1.Workloads[w]
 	near(t, "concurrency", got.Concurrency, 3+1) // a: (2·0.5+4·0.5)/1 = 3; b: 1
 	near(t, "in-flight", got.InFlight, 4)
@@ -75,7 +75,7 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 
 	// Nothing completes next second: the last known mean duration stays.
 	clk.Step(time.Second)
-	r2 := c.Tick(ctx, eps(a, b), nil)
+	r2 := c.Tick(ctx, eps(a, b), nil, nil)
 	if r2.Workloads[w].MeanDuration != time.Second {
 		t.Errorf("mean duration kept = %v, want 1s", r2.Workloads[w].MeanDuration)
 	}
@@ -90,12 +90,12 @@ func TestCounterResetIsNotADelta(t *testing.T) {
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 50)
 	clk.Step(10 * time.Second)
-	c.Tick(ctx, eps(a), nil)
+	c.Tick(ctx, eps(a), nil, nil)
 	clk.Step(time.Second)
 	a.Restart() // busy 0, started 0: a naive delta would be hugely negative
 	a.Start("ml", "llama", "p", 2)
 	clk.Step(time.Second)
-	r := c.Tick(ctx, eps(a), nil)
+	r := c.Tick(ctx, eps(a), nil, nil)
 	if r.Resets != 1 {
 		t.Errorf("resets = %d, want 1", r.Resets)
 	}
@@ -105,7 +105,7 @@ func TestCounterResetIsNotADelta(t *testing.T) {
 	near(t, "completions after reset", s.Completions, 0)
 	// The next tick has a baseline of the new boot again.
 	clk.Step(time.Second)
-	r = c.Tick(ctx, eps(a), nil)
+	r = c.Tick(ctx, eps(a), nil, nil)
 	near(t, "concurrency next tick", r.Workloads[w].Concurrency, 2)
 	if r.Resets != 0 {
 		t.Errorf("resets next tick = %d, want 0", r.Resets)
@@ -121,13 +121,13 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	b.Start("ml", "llama", "p", 3)
-	c.Tick(ctx, eps(a, b), nil)
+	c.Tick(ctx, eps(a, b), nil, nil)
 	clk.Step(time.Second)
-	c.Tick(ctx, eps(a, b), nil)
+	c.Tick(ctx, eps(a, b), nil, nil)
 
 	b.Close() // stopped mid-run: connection refused
 	clk.Step(time.Second)
-	r := c.Tick(ctx, eps(a, b), nil)
+	r := c.Tick(ctx, eps(a, b), nil, nil)
 	if !r.Partial || r.Answered != 1 || len(r.Errors) != 1 || r.Errors[0].Kind != "connect" {
 		t.Fatalf("after stop: partial=%v answered=%d errors=%v", r.Partial, r.Answered, r.Errors)
 	}
@@ -135,7 +135,7 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 	near(t, "concurrency with b's last values", r.Workloads[w].Concurrency, 4)
 
 	clk.Step(5*time.Second + time.Millisecond)
-	r = c.Tick(ctx, eps(a, b), nil)
+	r = c.Tick(ctx, eps(a, b), nil, nil)
 	if !r.Partial {
 		t.Error("a listed replica that does not answer must keep the tick partial")
 	}
@@ -143,7 +143,7 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 
 	// Unlisted (scaled down): not partial, forgotten.
 	clk.Step(time.Second)
-	r = c.Tick(ctx, eps(a), nil)
+	r = c.Tick(ctx, eps(a), nil, nil)
 	if r.Partial {
 		t.Errorf("tick with every listed replica answering is partial: %v", r.Errors)
 	}
@@ -151,7 +151,7 @@ func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
 
 func TestNoEndpointsIsPartial(t *testing.T) {
 	c := collect.New(collect.Options{})
-	if r := c.Tick(context.Background(), nil, nil); !r.Partial {
+	if r := c.Tick(context.Background(), nil, nil, nil); !r.Partial {
 		t.Error("no endpoint at all must be partial data")
 	}
 }
@@ -166,7 +166,7 @@ func TestRejectsOtherVersionAndBadStatus(t *testing.T) {
 	b.SetStatus(http.StatusServiceUnavailable)
 	a.Start("ml", "llama", "p", 9)
 	c := collect.New(collect.Options{Clock: clk})
-	r := c.Tick(context.Background(), eps(a, b), nil)
+	r := c.Tick(context.Background(), eps(a, b), nil, nil)
 	if !r.Partial || r.Answered != 0 || len(r.Errors) != 2 {
 		t.Fatalf("partial=%v answered=%d errors=%v", r.Partial, r.Answered, r.Errors)
 	}
@@ -201,7 +201,7 @@ func TestTimeoutBoundsAFetch(t *testing.T) {
 	defer close(release)
 	obs := &kinds{m: map[string]int{}}
 	c := collect.New(collect.Options{Timeout: 50 * time.Millisecond, Observer: obs})
-	r := c.Tick(context.Background(), []collect.Endpoint{{Key: "h", URL: hang.URL + "/v1/snapshot"}}, nil)
+	r := c.Tick(context.Background(), []collect.Endpoint{{Key: "h", URL: hang.URL + "/v1/snapshot"}}, nil, nil)
 	if !r.Partial || len(r.Errors) != 1 || r.Errors[0].Kind != "timeout" {
 		t.Fatalf("partial=%v errors=%v", r.Partial, r.Errors)
 	}
@@ -229,7 +229,7 @@ func TestSkipsUnattributedTargets(t *testing.T) {
 		w, ok := collect.ByName(tg)
 		return w, ok && tg.Pod == "p"
 	}
-	r := collect.New(collect.Options{}).Tick(context.Background(), []collect.Endpoint{{Key: "s", URL: st.URL()}}, livePod)
+	r := collect.New(collect.Options{}).Tick(context.Background(), []collect.Endpoint{{Key: "s", URL: st.URL()}}, livePod, nil)
 	if len(r.Workloads) != 1 || r.Partial {
 		t.Fatalf("workloads = %v partial %v errors %v, want only ml/llama, complete", r.Workloads, r.Partial, r.Errors)
 	}
@@ -252,11 +252,11 @@ func TestOverflowMakesPartialForWhatItMayHide(t *testing.T) {
 	a.Start("ml", "llama", "p", 1)
 	var overflow []extproc.TargetRecord
 	a.Mutate(func(s *extproc.Snapshot) { s.Targets = append(s.Targets, overflow...) })
-	c.Tick(ctx, eps(a), nil)
+	c.Tick(ctx, eps(a), nil, nil)
 
 	clk.Step(time.Second)
 	overflow = []extproc.TargetRecord{{Namespace: "ml", Reason: "namespace_overflow", InFlight: 3, Started: 3}}
-	r := c.Tick(ctx, eps(a), nil)
+	r := c.Tick(ctx, eps(a), nil, nil)
 	other := collect.Workload{Namespace: "other", Name: "x"}
 	if r.Partial || !r.PartialFor(w) || r.PartialFor(other) {
 		t.Errorf("namespace overflow in ml: partial %v, ml %v, other %v; want ml only", r.Partial, r.PartialFor(w), r.PartialFor(other))
@@ -264,13 +264,13 @@ func TestOverflowMakesPartialForWhatItMayHide(t *testing.T) {
 
 	clk.Step(time.Second)
 	overflow = []extproc.TargetRecord{{Namespace: "ml", Reason: "namespace_overflow", Started: 3, Completed: 3, BusySeconds: 1}}
-	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
+	if r := c.Tick(ctx, eps(a), nil, nil); r.PartialFor(w) {
 		t.Error("an idle namespace overflow (nothing in flight, nothing started) must not make the tick partial")
 	}
 
 	clk.Step(time.Second)
 	overflow = append(overflow, extproc.TargetRecord{Reason: "overflow", InFlight: 1, Started: 1})
-	r = c.Tick(ctx, eps(a), nil)
+	r = c.Tick(ctx, eps(a), nil, nil)
 	if !r.Partial || !r.Overflow || !r.PartialFor(other) {
 		t.Errorf("global overflow: partial %v overflow %v; want every workload partial", r.Partial, r.Overflow)
 	}
@@ -289,22 +289,22 @@ func TestVanishedReplicaStaysPartialForExpire(t *testing.T) {
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 8)
 	b.Start("ml", "llama", "q", 9)
-	c.Tick(ctx, eps(a, b), nil)
+	c.Tick(ctx, eps(a, b), nil, nil)
 	clk.Step(time.Second)
-	c.Tick(ctx, eps(a, b), nil)
+	c.Tick(ctx, eps(a, b), nil, nil)
 
 	clk.Step(time.Second)
-	r := c.Tick(ctx, eps(a), nil) // b left the EndpointSlice
+	r := c.Tick(ctx, eps(a), nil, nil) // b left the EndpointSlice
 	if !r.Partial || r.Vanished != 1 {
 		t.Fatalf("right after b vanished: partial %v vanished %d; want partial, 1", r.Partial, r.Vanished)
 	}
 	near(t, "in-flight with b's last values", r.Workloads[w].InFlight, 17)
 	clk.Step(4 * time.Second)
-	if r := c.Tick(ctx, eps(a), nil); !r.Partial {
+	if r := c.Tick(ctx, eps(a), nil, nil); !r.Partial {
 		t.Error("5s after b's last snapshot (Expire 5s): still partial")
 	}
 	clk.Step(1500 * time.Millisecond)
-	r = c.Tick(ctx, eps(a), nil)
+	r = c.Tick(ctx, eps(a), nil, nil)
 	if r.Partial || r.Vanished != 0 {
 		t.Errorf("after Expire: partial %v vanished %d; want complete", r.Partial, r.Vanished)
 	}
@@ -348,15 +348,15 @@ func TestRejectsImpossibleSnapshots(t *testing.T) {
 			a.Start("ml", "llama", "p", 4)
 			a.Complete("ml", "llama", "p", 1, time.Second)
 			clk.Step(10 * time.Second)
-			c.Tick(ctx, eps(a), nil)
+			c.Tick(ctx, eps(a), nil, nil)
 			clk.Step(time.Second)
-			if r := c.Tick(ctx, eps(a), nil); r.Partial {
+			if r := c.Tick(ctx, eps(a), nil, nil); r.Partial {
 				t.Fatalf("honest tick partial: %v", r.Errors)
 			}
 			n := 0
 			a.Mutate(func(s *extproc.Snapshot) { n++; tc.forge(s, n) })
 			clk.Step(time.Second)
-			r := c.Tick(ctx, eps(a), nil)
+			r := c.Tick(ctx, eps(a), nil, nil)
 			if !r.Partial || r.Answered != 0 || len(r.Errors) != 1 || r.Errors[0].Kind != collect.KindInvalid {
 				t.Fatalf("forged: partial %v answered %d errors %v; want one %q error", r.Partial, r.Answered, r.Errors, collect.KindInvalid)
 			}
@@ -369,7 +369,7 @@ func TestRejectsImpossibleSnapshots(t *testing.T) {
 			honest := false
 			for range 3 {
 				clk.Step(time.Second)
-				if r := c.Tick(ctx, eps(a), nil); !r.Partial {
+				if r := c.Tick(ctx, eps(a), nil, nil); !r.Partial {
 					honest = true
 					near(t, "concurrency once honest", r.Workloads[w].Concurrency, 3)
 					break
@@ -392,10 +392,10 @@ func TestIntervalIsTheReplicasUptime(t *testing.T) {
 	c := collect.New(collect.Options{Clock: clk})
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 6)
-	c.Tick(ctx, eps(a), nil)
+	c.Tick(ctx, eps(a), nil, nil)
 	a.Mutate(func(s *extproc.Snapshot) { s.Time = s.Time.Add(40 * time.Millisecond) }) // an NTP adjustment
 	clk.Step(time.Second)
-	r := c.Tick(ctx, eps(a), nil)
+	r := c.Tick(ctx, eps(a), nil, nil)
 	if r.Partial {
 		t.Fatalf("a 40ms wall-clock adjustment was rejected: %v", r.Errors)
 	}
@@ -416,10 +416,10 @@ func TestEvictedAndRecreatedTargetIsNew(t *testing.T) {
 	}))
 	defer srv.Close()
 	ep := []collect.Endpoint{{Key: "a", URL: srv.URL}}
-	c.Tick(ctx, ep, nil)
+	c.Tick(ctx, ep, nil, nil)
 	clk.Step(time.Second)
 	rec = extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", InFlight: 2, Started: 2, BusySeconds: 1}
-	r := c.Tick(ctx, ep, nil)
+	r := c.Tick(ctx, ep, nil, nil)
 	if r.Partial {
 		t.Fatalf("re-created target rejected: %v", r.Errors)
 	}
@@ -443,13 +443,13 @@ func TestCreationTimeMarksARecreatedTarget(t *testing.T) {
 	}))
 	defer srv.Close()
 	ep := []collect.Endpoint{{Key: "a", URL: srv.URL}}
-	c.Tick(ctx, ep, nil)
+	c.Tick(ctx, ep, nil, nil)
 	clk.Step(time.Second)
 	// Re-created 0.5 s ago with 5 started, 1 in flight since then: as a
 	// delta from the old record its busy-seconds would have gone down.
 	rec = extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", InFlight: 1, Started: 5, Completed: 4,
 		BusySeconds: 0.5, DurationSecondsSum: 1, CreatedUptimeSeconds: 1000.5}
-	r := c.Tick(ctx, ep, nil)
+	r := c.Tick(ctx, ep, nil, nil)
 	if r.Partial {
 		t.Fatalf("re-created target rejected: %v", r.Errors)
 	}
@@ -458,7 +458,7 @@ func TestCreationTimeMarksARecreatedTarget(t *testing.T) {
 
 	clk.Step(time.Second)
 	rec.CreatedUptimeSeconds = 5000
-	if r := c.Tick(ctx, ep, nil); len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error(), "created_uptime_seconds") {
+	if r := c.Tick(ctx, ep, nil, nil); len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error(), "created_uptime_seconds") {
 		t.Errorf("a creation after the uptime: errors %v, want one naming created_uptime_seconds", r.Errors)
 	}
 }
@@ -473,7 +473,7 @@ func TestUntrackedRequestsMakeTheirWorkloadPartial(t *testing.T) {
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	a.Start("other", "x", "q", 1)
-	c.Tick(ctx, eps(a), nil)
+	c.Tick(ctx, eps(a), nil, nil)
 	untracked := uint64(0)
 	a.Mutate(func(s *extproc.Snapshot) {
 		for i := range s.Targets {
@@ -483,18 +483,18 @@ func TestUntrackedRequestsMakeTheirWorkloadPartial(t *testing.T) {
 		}
 	})
 	clk.Step(time.Second)
-	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
+	if r := c.Tick(ctx, eps(a), nil, nil); r.PartialFor(w) {
 		t.Fatal("partial with nothing untracked")
 	}
 	untracked = 7
 	clk.Step(time.Second)
-	r := c.Tick(ctx, eps(a), nil)
+	r := c.Tick(ctx, eps(a), nil, nil)
 	if !r.PartialFor(w) || r.PartialFor(collect.Workload{Namespace: "other", Name: "x"}) || r.Partial {
 		t.Errorf("7 untracked for ml/llama: partial for it %v, for other/x %v, for all %v; want it only",
 			r.PartialFor(w), r.PartialFor(collect.Workload{Namespace: "other", Name: "x"}), r.Partial)
 	}
 	clk.Step(time.Second)
-	if r := c.Tick(ctx, eps(a), nil); r.PartialFor(w) {
+	if r := c.Tick(ctx, eps(a), nil, nil); r.PartialFor(w) {
 		t.Error("still partial once no more requests go untracked")
 	}
 }

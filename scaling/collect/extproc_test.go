@@ -31,7 +31,7 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 	}
 	unknown := tr.Start(mesh.Target{}, mesh.ReasonNoAttributes)
 	defer tr.End(&unknown)
-	if r := c.Tick(ctx, ep, nil); r.Partial || r.Answered != 1 {
+	if r := c.Tick(ctx, ep, nil, nil); r.Partial || r.Answered != 1 {
 		t.Fatalf("first tick: %+v", r)
 	}
 	clk.Step(time.Second)
@@ -39,7 +39,7 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 		tr.End(&reqs[i]) // two end after 1s
 	}
 	clk.Step(time.Second)
-	r := c.Tick(ctx, ep, nil)
+	r := c.Tick(ctx, ep, nil, nil)
 	if r.Partial || len(r.Workloads) != 1 {
 		t.Fatalf("second tick: %+v", r)
 	}

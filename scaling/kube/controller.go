@@ -59,7 +59,9 @@ type Controller struct {
 	pods               corelisters.PodLister
 	podIndex           cache.Indexer
 	slices             discoverylisters.EndpointSliceLister
+	services           corelisters.ServiceLister
 	synced             []cache.InformerSynced
+	hpa                hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
 
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
@@ -111,6 +113,13 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		return nil, err
 	}
 	c.podIndex = pInf.Informer().GetIndexer()
+	// The Services of the watched namespaces: edge targets are Services,
+	// mapped to the Deployments their selectors select (services.go).
+	svcInf := c.factory.Core().V1().Services()
+	if err := svcInf.Informer().SetTransform(slimService); err != nil {
+		return nil, err
+	}
+	c.services = svcInf.Lister()
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
@@ -118,11 +127,15 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		}))
 	sInf := c.epFactory.Discovery().V1().EndpointSlices()
 	c.pods, c.slices = pInf.Lister(), sInf.Lister()
-	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced}
+	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced,
+		svcInf.Informer().HasSynced}
 
 	c.broadcaster = record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 100, QPS: 1}))
 	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: FieldManager, Host: opt.Identity})
 	c.status = Status{Identity: opt.Identity}
+	if err := c.watchHPAs(); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 

@@ -20,6 +20,7 @@
 //	pods.go        a Deployment's pods: ready, starting, observed cold starts
 //	endpoints.go   the extproc replicas from the EndpointSlices (ready, serving
 //	               or terminating)
+//	hpa.go         managed Deployments an HPA (KEDA's) scales: skipped, warned
 //	scale.go       /scale writes (bounded errgroup, conflict retries) and their Events
 //	status.go      GET /v1/status
 //	metrics.go     the Prometheus metrics

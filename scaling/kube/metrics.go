@@ -28,6 +28,7 @@ type Metrics struct {
 	unattributed                       prometheus.Gauge
 	endpoints                          *prometheus.GaugeVec
 	leader                             prometheus.Gauge
+	skipped                            *prometheus.GaugeVec // hpa.go
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -82,6 +83,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.target, m.minReplicas, m.maxReplicas, m.coldStart,
 		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
 		m.tickDuration, m.partial, m.unattributed, m.endpoints, m.leader)
+	m.skipped = skippedMetric(reg)
 	return m
 }
 

@@ -37,15 +37,21 @@ type WorkloadStatus struct {
 	Target float64 `json:"target"`
 	// ConfigError is the current annotation error, if any (the last valid
 	// configuration stays in force).
-	ConfigError string          `json:"config_error,omitempty"`
-	Last        *DecisionStatus `json:"last_decision,omitempty"`
-	LastChange  *DecisionStatus `json:"last_change,omitempty"`
+	ConfigError string `json:"config_error,omitempty"`
+	// Source is where the last tick saw the workload's demand: "inbound"
+	// (its pods' sidecars), "edge" (a gateway or callers' outbound
+	// sidecars, for the Services that select it), "both" (sidecars count
+	// it; the edge adds its held requests), or "" (no demand seen).
+	Source     string          `json:"source,omitempty"`
+	Last       *DecisionStatus `json:"last_decision,omitempty"`
+	LastChange *DecisionStatus `json:"last_change,omitempty"`
 }
 
 // DecisionStatus is one decision with the numbers behind it.
 type DecisionStatus struct {
 	Time            time.Time `json:"time"`
 	InFlight        float64   `json:"in_flight"`
+	Held            float64   `json:"held"`
 	Concurrency     float64   `json:"concurrency"`
 	StableDemand    float64   `json:"stable_demand"`
 	PanicDemand     float64   `json:"panic_demand"`
@@ -67,7 +73,7 @@ type DecisionStatus struct {
 }
 
 func decisionStatus(d scaling.Decision, o scaling.Observation, written bool) *DecisionStatus {
-	return &DecisionStatus{Time: d.Time, InFlight: o.InFlight, Concurrency: o.Concurrency,
+	return &DecisionStatus{Time: d.Time, InFlight: o.InFlight + o.Held, Held: o.Held, Concurrency: o.Concurrency,
 		StableDemand: d.StableDemand, PanicDemand: d.PanicDemand, Trend: d.Trend,
 		PredictedDemand: d.PredictedDemand, Panicking: d.Panicking, Partial: o.Partial,
 		Ready: o.Ready, Starting: o.Starting, Requested: o.Requested, Desired: d.Desired,
@@ -80,7 +86,7 @@ func (c *Controller) publish(t *term, res collect.Result, now time.Time) {
 		Partial: res.Partial, ExtprocEndpoints: res.Endpoints, ExtprocAnswered: res.Answered,
 		Workloads: make([]WorkloadStatus, 0, len(t.workloads))}
 	for w, st := range t.workloads {
-		ws := WorkloadStatus{Namespace: w.Namespace, Workload: w.Name, Last: st.last, LastChange: st.change}
+		ws := WorkloadStatus{Namespace: w.Namespace, Workload: w.Name, Last: st.last, LastChange: st.change, Source: st.source}
 		if st.cfg != nil {
 			ws.Target = st.cfg.Target
 		}

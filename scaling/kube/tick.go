@@ -41,6 +41,7 @@ type wstate struct {
 	writtenT time.Time
 	last     *DecisionStatus
 	change   *DecisionStatus
+	source   string // where the last tick saw its demand (collect.Sample.Source)
 }
 
 func (w *wstate) coldStart() time.Duration {
@@ -84,7 +85,7 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 // fetch collects every extproc replica's snapshot and sums, per managed
 // workload, what its live pods report.
 func (c *Controller) fetch(ctx context.Context, t *term, v *view) collect.Result {
-	res := t.coll.Tick(ctx, c.endpoints(), v.attribute)
+	res := t.coll.Tick(ctx, c.endpoints(), v.attribute, v.edges)
 	c.m.endpoints.WithLabelValues("answered").Set(float64(res.Answered))
 	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
 	c.m.endpoints.WithLabelValues("vanished").Set(float64(res.Vanished))
@@ -109,8 +110,12 @@ func (c *Controller) fetch(ctx context.Context, t *term, v *view) collect.Result
 // writes to make; it warns about the stray ones.
 func (c *Controller) decide(t *term, v *view, res collect.Result, now time.Time) (writes []*write) {
 	present := map[collect.Workload]bool{}
+	skip := c.hpaScaled(v.managed) // hpa.go
 	for _, dep := range v.managed {
 		w := collect.Workload{Namespace: dep.Namespace, Name: dep.Name}
+		if skip[w] {
+			continue // an HPA scales it: not present, its state and metrics go
+		}
 		present[w] = true
 		st := t.workloads[w]
 		if st == nil {
@@ -147,7 +152,9 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods 
 		requested = st.written // the informer has not caught up with our write yet
 	}
 	s := res.Workloads[w]
-	obs := scaling.Observation{Time: now, Concurrency: s.Concurrency, InFlight: s.InFlight,
+	// The collector's in-flight includes the held requests; the policy
+	// takes them apart.
+	obs := scaling.Observation{Time: now, Concurrency: s.Concurrency, InFlight: s.InFlight - s.Held, Held: s.Held,
 		Arrivals: s.Arrivals, Completions: s.Completions, MeanDuration: s.MeanDuration,
 		Ready: ready, Starting: starting, Requested: requested, Partial: res.PartialFor(w),
 		ColdStart: st.coldStart()}
@@ -155,6 +162,7 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods 
 	d := st.as.Decide(now)
 	c.m.workload(w, st.as.Config(), obs, d)
 	st.last = decisionStatus(d, obs, false)
+	st.source = s.Source
 	if d.Direction == scaling.Hold || d.Desired == requested {
 		return nil
 	}

@@ -72,6 +72,9 @@ type view struct {
 	// and whether a pod is a live pod of it.
 	other     map[collect.Workload]labels.Selector
 	otherLive map[liveKey]bool
+	// svcBackends caches, for this tick, the Deployments each Service
+	// selects (services.go).
+	svcBackends map[svcKey][]backend
 }
 
 type liveKey struct{ namespace, workload, pod string }
@@ -126,7 +129,7 @@ func (c *Controller) view() (v *view, ok bool) {
 		return nil, false
 	}
 	v = &view{c: c, pods: map[collect.Workload][]*corev1.Pod{}, live: map[liveKey]struct{}{},
-		other: map[collect.Workload]labels.Selector{}, otherLive: map[liveKey]bool{}}
+		other: map[collect.Workload]labels.Selector{}, otherLive: map[liveKey]bool{}, svcBackends: map[svcKey][]backend{}}
 	for _, o := range objs {
 		dep, ok := o.(*appsv1.Deployment)
 		if !ok {

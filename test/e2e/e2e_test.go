@@ -182,8 +182,11 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Errorf("extproc counters did not return to zero: %s", last)
 	}
-	if sent := load.sent(); sent < stepTwo*3 {
-		t.Errorf("only %d requests sent", sent)
+	// Every client of both steps completes at least one request (a stopped
+	// client finishes the one it runs); more depends on how fast the
+	// fleet scaled on this machine, so no more is asked.
+	if sent := load.sent(); sent < stepTwo {
+		t.Errorf("only %d requests sent by %d clients", sent, stepTwo)
 	}
 	if st := rp.Stats(); st.NoReplica != 0 || st.Outcomes["completed"] != int(st.Sent) {
 		t.Errorf("replay stats %+v: want every request completed", st)

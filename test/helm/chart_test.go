@@ -270,6 +270,8 @@ func everyOption() map[string]any {
 			map[string]any{"namespace": "models", "selector": map[string]any{"app": "vllm"}},
 			map[string]any{"namespace": "models", "selector": map[string]any{"app": "tgi", "tier": "gpu"}, "profile": "control", "port": 8080},
 			map[string]any{"gateway": true, "generations": []any{"istio-1.29+"}},
+			map[string]any{"gateway": true, "selector": map[string]any{"istio": "edge"}, "profile": "control", "streamTimeouts": "1h", "name": "edge"},
+			map[string]any{"namespace": "models", "selector": map[string]any{"app": "chat-ui"}, "outbound": true, "port": 8000, "profile": "control", "streamTimeouts": "59m1s"},
 		},
 	}
 }
@@ -383,23 +385,29 @@ func TestChartSchema(t *testing.T) {
 		vals map[string]any
 		want string
 	}{
-		"unknown key":        {map[string]any{"extproc": map[string]any{"replica": 3}}, "replica"},
-		"zero replicas":      {map[string]any{"controller": map[string]any{"replicas": 0}}, "replicas"},
-		"moving tag":         {map[string]any{"images": map[string]any{"controller": map[string]any{"tag": "latest"}}}, "tag"},
-		"bad digest":         {map[string]any{"images": map[string]any{"extproc": map[string]any{"digest": "sha256:xyz"}}}, "digest"},
-		"bad profile":        {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "profile": "fast"}}}, "profile"},
-		"bad generation":     {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "generations": []any{"1.22"}}}}, "generations"},
-		"bad duration":       {map[string]any{"extproc": map[string]any{"drainTimeout": "25"}}, "drainTimeout"},
-		"fractional delay":   {map[string]any{"extproc": map[string]any{"drainDelay": "1.5s"}}, "drainDelay"},
-		"grace < drain":      {map[string]any{"extproc": map[string]any{"drainTimeout": "10m"}}, "extproc.terminationGracePeriodSeconds=330: want ≥ extproc.drainDelay (15s) + extproc.drainTimeout (10m) + 15 = 630"},
-		"flag without dash":  {map[string]any{"extproc": map[string]any{"extraArgs": []any{"max-targets=5"}}}, "extraArgs"},
-		"gateway with port":  {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "port": 8080}}}, "port=8080: only for a sidecar"},
-		"sidecar, no labels": {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "models"}}}, "selector is empty"},
-		"bad gateway id":     {map[string]any{"mesh": map[string]any{"gatewayIdentities": []any{"istio-system/gw"}}}, "gatewayIdentities"},
-		"unparsable limit":   {map[string]any{"controller": map[string]any{"resources": map[string]any{"requests": map[string]any{"cpu": "1", "memory": "1G"}, "limits": map[string]any{"memory": "1G"}}}}, "controller.goMemLimit"},
-		"watch own ns":       {map[string]any{"controller": map[string]any{"watchNamespace": "inflight-system"}}, "watchNamespace must differ"},
-		"keda, 2 replicas":   {map[string]any{"keda": map[string]any{"enabled": true}}, "keda.enabled needs controller.replicas=1"},
-		"no namespace":       {map[string]any{"envoyFilters": []any{map[string]any{"selector": map[string]any{"a": "b"}}}}, "namespace is empty"},
+		"unknown key":          {map[string]any{"extproc": map[string]any{"replica": 3}}, "replica"},
+		"zero replicas":        {map[string]any{"controller": map[string]any{"replicas": 0}}, "replicas"},
+		"moving tag":           {map[string]any{"images": map[string]any{"controller": map[string]any{"tag": "latest"}}}, "tag"},
+		"bad digest":           {map[string]any{"images": map[string]any{"extproc": map[string]any{"digest": "sha256:xyz"}}}, "digest"},
+		"bad profile":          {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "profile": "fast"}}}, "profile"},
+		"bad generation":       {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "generations": []any{"1.22"}}}}, "generations"},
+		"bad duration":         {map[string]any{"extproc": map[string]any{"drainTimeout": "25"}}, "drainTimeout"},
+		"fractional delay":     {map[string]any{"extproc": map[string]any{"drainDelay": "1.5s"}}, "drainDelay"},
+		"grace < drain":        {map[string]any{"extproc": map[string]any{"drainTimeout": "10m"}}, "extproc.terminationGracePeriodSeconds=330: want ≥ extproc.drainDelay (15s) + extproc.drainTimeout (10m) + 15 = 630"},
+		"flag without dash":    {map[string]any{"extproc": map[string]any{"extraArgs": []any{"max-targets=5"}}}, "extraArgs"},
+		"gateway with port":    {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "port": 8080}}}, "port=8080: only for a sidecar"},
+		"sidecar, no labels":   {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "models"}}}, "selector is empty"},
+		"bad gateway id":       {map[string]any{"mesh": map[string]any{"gatewayIdentities": []any{"istio-system/gw"}}}, "gatewayIdentities"},
+		"unparsable limit":     {map[string]any{"controller": map[string]any{"resources": map[string]any{"requests": map[string]any{"cpu": "1", "memory": "1G"}, "limits": map[string]any{"memory": "1G"}}}}, "controller.goMemLimit"},
+		"watch own ns":         {map[string]any{"controller": map[string]any{"watchNamespace": "inflight-system"}}, "watchNamespace must differ"},
+		"keda, 2 replicas":     {map[string]any{"keda": map[string]any{"enabled": true}}, "keda.enabled needs controller.replicas=1"},
+		"no namespace":         {map[string]any{"envoyFilters": []any{map[string]any{"selector": map[string]any{"a": "b"}}}}, "namespace is empty"},
+		"gateway and outbound": {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "outbound": true, "profile": "control"}}}, "gateway and outbound: choose one"},
+		"outbound, no port":    {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "outbound": true, "profile": "control"}}}, "outbound without port"},
+		"outbound, observe":    {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "outbound": true, "port": 80}}}, "outbound with profile=\"observe\": want control"},
+		"timeouts on inbound":  {map[string]any{"envoyFilters": []any{map[string]any{"namespace": "m", "selector": map[string]any{"a": "b"}, "profile": "control", "streamTimeouts": "1h"}}}, "streamTimeouts=1h: only with gateway or outbound"},
+		"timeouts too short":   {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "profile": "control", "streamTimeouts": "5s"}}}, "streamTimeouts=5s: want 10s to 24h"},
+		"timeouts, bad form":   {map[string]any{"envoyFilters": []any{map[string]any{"gateway": true, "profile": "control", "streamTimeouts": "300"}}}, "streamTimeouts"},
 	} {
 		_, err := render(t, "inflight-system", c.vals)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -425,6 +433,14 @@ func TestChartEnvoyFilters(t *testing.T) {
 			istio.Options{Gateway: true, Profile: istio.ProfileControl, Namespace: "gw", Selector: map[string]string{"istio": "gw"}, Name: "edge"}, nil},
 		{map[string]any{"namespace": "models", "selector": map[string]any{"app": "old"}, "generations": []any{"istio-1.24-1.28"}},
 			istio.Options{Namespace: "models", Selector: map[string]string{"app": "old"}}, []string{"istio-1.24-1.28"}},
+		// Issue 12 edge contexts: in-mesh callers' outbound sidecars, and
+		// the HTTP connection manager's clocks while requests are held.
+		{map[string]any{"namespace": "apps", "selector": map[string]any{"app": "chat-ui"}, "outbound": true, "port": 8000, "profile": "control"},
+			istio.Options{Namespace: "apps", Selector: map[string]string{"app": "chat-ui"}, Outbound: true, Port: 8000, Profile: istio.ProfileControl}, nil},
+		{map[string]any{"namespace": "apps", "selector": map[string]any{"app": "chat-ui"}, "outbound": true, "port": 8000, "profile": "control", "streamTimeouts": "1h30s", "name": "callers"},
+			istio.Options{Namespace: "apps", Selector: map[string]string{"app": "chat-ui"}, Outbound: true, Port: 8000, Profile: istio.ProfileControl, StreamTimeouts: time.Hour + 30*time.Second, Name: "callers"}, nil},
+		{map[string]any{"gateway": true, "profile": "control", "streamTimeouts": "10m", "generations": []any{"istio-1.29+"}},
+			istio.Options{Gateway: true, Profile: istio.ProfileControl, StreamTimeouts: 10 * time.Minute}, []string{"istio-1.29+"}},
 	}
 	const ns = "ml-infra" // not the default: the extproc address must follow the release
 	var list []any

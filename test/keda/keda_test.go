@@ -33,11 +33,13 @@ import (
 
 	"github.com/kedacore/keda/v2/pkg/scalers"
 	"github.com/kedacore/keda/v2/pkg/scalers/scalersconfig"
+	appsv1 "k8s.io/api/apps/v1"
 	v2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -187,6 +189,24 @@ func TestExternalPushScaler(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The scaled Deployment and its pod: the controller counts a target for
+	// a Deployment only from a live pod of it (issue 10.2), for KEDA's sums
+	// as for its own. Nothing runs the pod; it only has to exist.
+	lbl := map[string]string{"app": "vllm"}
+	if _, err := cs.AppsV1().Deployments("models").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "vllm"},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(1)), Selector: &metav1.LabelSelector{MatchLabels: lbl},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: lbl},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "model:1"}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Pods("models").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "vllm-0", Labels: lbl},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "model:1"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	rep := &replica{start: time.Now(), since: time.Now()}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -250,7 +270,13 @@ func TestExternalPushScaler(t *testing.T) {
 	}
 	defer sc.Close(ctx)
 
+	// The binary needs a moment to listen: KEDA's scaler logs the failed
+	// call and returns no spec until then.
 	specs := sc.GetMetricSpecForScaling(ctx)
+	for deadline := time.Now().Add(60 * time.Second); len(specs) == 0 && time.Now().Before(deadline); {
+		time.Sleep(500 * time.Millisecond)
+		specs = sc.GetMetricSpecForScaling(ctx)
+	}
 	if len(specs) != 1 || specs[0].External == nil || specs[0].External.Metric.Name != "s0-inflight-models-vllm" ||
 		specs[0].External.Target.AverageValue == nil || specs[0].External.Target.AverageValue.AsApproximateFloat64() != 4 {
 		t.Fatalf("metric spec %+v: want one external metric s0-inflight-models-vllm with average value 4", specs)
@@ -304,4 +330,14 @@ func TestExternalPushScaler(t *testing.T) {
 
 	rep.set(0)
 	next(false, 10*time.Second)
+
+	// inflight's own controller never wrote this Deployment's scale: it
+	// has no inflight.dev/target (KEDA's HPA scales it).
+	d, err := cs.AppsV1().Deployments("models").Get(ctx, "vllm", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *d.Spec.Replicas != 1 {
+		t.Errorf("spec.replicas = %d, want 1: the controller scaled a Deployment it does not manage", *d.Spec.Replicas)
+	}
 }

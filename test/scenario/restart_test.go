@@ -271,28 +271,42 @@ func rollingRestart(t *testing.T, bin string, serveFor time.Duration) (lost int)
 	after(settle)
 	close(stop)
 	load := collect()
-	opened := map[string]uint64{}
+	// opened: streams whose bytes reached a replica; unsure: those of them
+	// reset with no reply at all (e.g. Envoy's message timeout on a
+	// replica starved of CPU), whose start a correct grpc-go server may
+	// never see: the HEADERS, DATA and RST can all be buffered before the
+	// handler's first Recv (ENVOY.md §2, README troubleshooting). A
+	// replica's started must lie in [opened − unsure, opened].
+	opened, unsure := map[string]uint64{}, map[string]uint64{}
 	for _, r := range load {
 		if r.Stream.Opened && !r.Stream.Lost {
-			opened[c.Endpoints()[r.Stream.Replica]]++
+			addr := c.Endpoints()[r.Stream.Replica]
+			opened[addr]++
+			if r.Stream.Reset && r.Stream.FirstReply.IsZero() {
+				unsure[addr]++
+			}
+		}
+	}
+	startsOK := func(name, addr string, started, extra uint64) {
+		want, slack := opened[addr]+extra, unsure[addr]
+		t.Logf("%s: started %d, the harness opened %d streams to it (%d reset unanswered)", name, started, want, slack)
+		if started > want || started+slack < want {
+			t.Errorf("%s: started %d, the harness opened %d streams to it, %d of them reset unanswered", name, started, want, slack)
 		}
 	}
 	for k, p := range old {
 		// +1: the long request, from its own client.
-		want := opened[p.grpcAddr] + 1
-		t.Logf("old-%d: started %d, the harness opened %d streams to it", k, exitStarted[p.grpcAddr], want)
-		if exitStarted[p.grpcAddr] != want {
-			t.Errorf("old-%d: started %d, the harness opened %d streams to it", k, exitStarted[p.grpcAddr], want)
-		}
+		startsOK(fmt.Sprintf("old-%d", k), p.grpcAddr, exitStarted[p.grpcAddr], 1)
 	}
 	for k, p := range repl {
 		inFlight, started, err := p.snapshotTotals()
 		if err != nil {
 			t.Fatalf("new-%d: %v", k, err)
 		}
-		if inFlight != 0 || started != opened[p.grpcAddr] {
-			t.Errorf("new-%d: in flight %d, started %d; the harness opened %d streams to it, all ended", k, inFlight, started, opened[p.grpcAddr])
+		if inFlight != 0 {
+			t.Errorf("new-%d: in flight %d after every stream ended", k, inFlight)
 		}
+		startsOK(fmt.Sprintf("new-%d", k), p.grpcAddr, started, 0)
 	}
 	results := append(load, longResults...)
 	var cut int

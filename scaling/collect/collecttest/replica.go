@@ -42,9 +42,15 @@ type Replica struct {
 	served  int
 }
 
-type key struct{ ns, wl, pod string }
+type key struct{ ns, wl, svc, pod string }
+
+// inbound is the key of an inbound target (its Service named like its
+// workload), edge the key of an edge target (a Service only).
+func inbound(ns, wl, pod string) key { return key{ns, wl, wl, pod} }
+func edge(ns, svc string) key        { return key{ns: ns, svc: svc} }
 
 type target struct {
+	held               int64 // part of inFlight
 	inFlight           int64
 	started, completed uint64
 	busy, durSum       float64
@@ -109,8 +115,7 @@ func (r *Replica) Mutate(m func(*extproc.Snapshot)) {
 	r.mutate = m
 }
 
-func (r *Replica) get(ns, wl, pod string) *target {
-	k := key{ns, wl, pod}
+func (r *Replica) get(k key) *target {
 	t := r.targets[k]
 	if t == nil {
 		now := r.now()
@@ -128,26 +133,53 @@ func (t *target) settle(now time.Time) {
 }
 
 // Start begins n requests of workload ns/wl on pod.
-func (r *Replica) Start(ns, wl, pod string, n int) {
+func (r *Replica) Start(ns, wl, pod string, n int) { r.start(inbound(ns, wl, pod), n, 0) }
+
+// StartEdge begins n requests for Service ns/svc seen at the edge, of
+// which held are held (scale from zero).
+func (r *Replica) StartEdge(ns, svc string, n, held int) { r.start(edge(ns, svc), n, held) }
+
+// ReleaseEdge lets n held requests for ns/svc through (they stay in
+// flight).
+func (r *Replica) ReleaseEdge(ns, svc string, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := r.get(ns, wl, pod)
+	t := r.get(edge(ns, svc))
+	t.held -= min(int64(n), t.held)
+}
+
+// CompleteEdge ends n requests for ns/svc seen at the edge (released ones
+// first), each having taken d.
+func (r *Replica) CompleteEdge(ns, svc string, n int, d time.Duration) {
+	r.complete(edge(ns, svc), n, d)
+}
+
+func (r *Replica) start(k key, n, held int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.get(k)
 	t.settle(r.now())
 	t.inFlight += int64(n)
+	t.held += int64(held)
 	t.started += uint64(n)
 }
 
 // Complete ends n requests of ns/wl on pod, each having taken d (at most
 // the replica's uptime: a real replica cannot have counted longer).
 func (r *Replica) Complete(ns, wl, pod string, n int, d time.Duration) {
+	r.complete(inbound(ns, wl, pod), n, d)
+}
+
+func (r *Replica) complete(k key, n int, d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := r.get(ns, wl, pod)
+	t := r.get(k)
 	now := r.now()
 	t.settle(now)
 	d = min(d, now.Sub(r.booted))
 	n = min(n, int(t.inFlight))
 	t.inFlight -= int64(n)
+	t.held = min(t.held, t.inFlight)
 	t.completed += uint64(n)
 	t.durSum += float64(n) * d.Seconds()
 }
@@ -156,7 +188,7 @@ func (r *Replica) Complete(ns, wl, pod string, n int, d time.Duration) {
 // completing requests (completions with duration d).
 func (r *Replica) SetInFlight(ns, wl, pod string, n int, d time.Duration) {
 	r.mu.Lock()
-	t := r.get(ns, wl, pod)
+	t := r.get(inbound(ns, wl, pod))
 	cur := int(t.inFlight)
 	r.mu.Unlock()
 	if n > cur {
@@ -181,11 +213,19 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 	for k, t := range r.targets {
 		t.settle(now)
 		s.Targets = append(s.Targets, extproc.TargetRecord{
-			Namespace: k.ns, Workload: k.wl, Service: k.wl, Pod: k.pod,
+			Namespace: k.ns, Workload: k.wl, Service: k.svc, Pod: k.pod,
 			InFlight: t.inFlight, Started: t.started, Completed: t.completed,
 			BusySeconds: t.busy, DurationSecondsSum: t.durSum,
 			CreatedUptimeSeconds: max(t.created.Sub(r.booted).Seconds(), 0),
 		})
+	}
+	for i := range s.Targets {
+		t := &s.Targets[i]
+		t.Source = "inbound"
+		if t.Workload == "" {
+			t.Source = "edge"
+		}
+		t.Held = r.targets[key{t.Namespace, t.Workload, t.Service, t.Pod}].held
 	}
 	sort.Slice(s.Targets, func(i, j int) bool {
 		a, b := s.Targets[i], s.Targets[j]
@@ -194,6 +234,9 @@ func (r *Replica) snapshotLocked() extproc.Snapshot {
 		}
 		if a.Workload != b.Workload {
 			return a.Workload < b.Workload
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
 		}
 		return a.Pod < b.Pod
 	})
@@ -213,8 +256,7 @@ func (r *Replica) serve(w http.ResponseWriter, req *http.Request) {
 	var body []byte
 	var err error
 	if status == 0 {
-		s := r.snapshotLocked()
-		body, err = json.Marshal(s)
+		body, err = json.Marshal(r.snapshotLocked())
 		r.served++
 	}
 	r.mu.Unlock()
