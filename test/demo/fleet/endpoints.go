@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -64,6 +65,9 @@ func (f *Fleet) syncEndpoints(ctx context.Context) error {
 	}
 	f.mu.Lock()
 	f.slice = append([]string{}, ips...)
+	if n := len(f.wakes); n > 0 && len(ips) > 0 && f.wakes[n-1].Published.IsZero() {
+		f.wakes[n-1].Published = time.Now()
+	}
 	f.mu.Unlock()
 	return nil
 }

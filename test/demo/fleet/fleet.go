@@ -77,7 +77,7 @@ type Fleet struct {
 	first   bool
 	born    time.Time // first reconcile
 	toZero  int       // spec.replicas changes to 0
-	wakes   int       // spec.replicas changes from 0
+	wakes   []Wake    // spec.replicas changes from 0
 	slice   []string  // the EndpointSlice's addresses last written
 }
 
@@ -274,7 +274,7 @@ func (p *pod) queued(now time.Time) int {
 func (f *Fleet) Snapshot(now time.Time) Sample {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := Sample{Time: now, Desired: f.desired, Served: f.served, Changes: f.changes, ToZero: f.toZero, Wakes: f.wakes}
+	s := Sample{Time: now, Desired: f.desired, Served: f.served, Changes: f.changes, ToZero: f.toZero, Wakes: len(f.wakes)}
 	gpu := 0.0
 	lives := make([][2]time.Time, 0, len(f.pods))
 	for _, p := range f.pods {
@@ -369,7 +369,7 @@ func (f *Fleet) Reconcile(ctx context.Context) error {
 		if want == 0 {
 			f.toZero++
 		} else if f.desired == 0 {
-			f.wakes++
+			f.wakes = append(f.wakes, Wake{Seen: now})
 		}
 	}
 	f.desired = want
@@ -514,9 +514,24 @@ func (f *Fleet) setReady(ctx context.Context, p *pod, now time.Time) error {
 	if err == nil {
 		f.mu.Lock()
 		p.ready = true
+		if n := len(f.wakes); n > 0 && f.wakes[n-1].Ready.IsZero() {
+			f.wakes[n-1].Ready = time.Now()
+		}
 		f.mu.Unlock()
 	}
 	return err
+}
+
+// Wake is one change of spec.replicas from 0, as the fleet saw it: when
+// its reconcile read it, when the first pod's Ready condition was written
+// and when the EndpointSlice listing it was (Options.Service).
+type Wake struct{ Seen, Ready, Published time.Time }
+
+// Wakes returns the changes of spec.replicas from 0 so far.
+func (f *Fleet) Wakes() []Wake {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Wake(nil), f.wakes...)
 }
 
 func (f *Fleet) writeStatus(ctx context.Context, dep *appsv1.Deployment) error {
