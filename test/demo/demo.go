@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/test/demo/fleet"
@@ -92,15 +91,12 @@ func (d *demo) annotations() map[string]string {
 // sidecar, so the edge's records are the workload's whole demand.
 func (d *demo) gateway() bool { return d.opt.MinReplica == 0 }
 
-// The gateway-only install's clocks, uncompressed (the demo divides them
-// by -speed): the gateway applies an EndpointSlice change edsDelay after
-// the API server announced it (istiod's push debounce, 100 ms by default),
-// and the extproc releases held requests releaseDelay after the gate
-// reports a ready endpoint (its --release-delay default, the EDS margin).
-const (
-	edsDelay     = 100 * time.Millisecond
-	releaseDelay = extproc.DefaultReleaseDelay
-)
+// edsDelay is the gateway-only install's EDS lag, uncompressed (the demo
+// divides it by -speed): the gateway applies an EndpointSlice change this
+// long after the API server announced it (istiod's push debounce, 100 ms
+// by default). The extproc's --release-delay (-release-delay, the margin
+// for it) must be longer.
+const edsDelay = 100 * time.Millisecond
 
 func (d *demo) compress(t time.Duration) time.Duration {
 	return time.Duration(float64(t) / d.opt.Speed)
@@ -145,7 +141,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		// second of demo time, at least 50 ms of wall time (the
 		// controller's --fetch-timeout, 500 ms, must be ≤ 10 ticks).
 		tick = max(50*time.Millisecond, d.compress(time.Second))
-		extprocArgs = []string{"--release-delay", d.compress(releaseDelay).String()}
+		extprocArgs = []string{"--release-delay", d.compress(d.opt.ReleaseDelay).String()}
 	}
 	st, err := stack.Start(stack.Options{Bins: bins, Dir: d.opt.Dir, Tick: tick, ExtprocArgs: extprocArgs,
 		LeaseDuration: 6 * time.Second, RenewDeadline: 4 * time.Second, RetryPeriod: time.Second})
@@ -250,7 +246,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	wall := time.Duration(d.trace.Duration / d.opt.Speed * float64(time.Second))
 	mesh := "sidecars"
 	if d.gateway() {
-		mesh = fmt.Sprintf("gateway-only (control profile, EDS delay %v, --release-delay %v)", d.compress(edsDelay), d.compress(releaseDelay))
+		mesh = fmt.Sprintf("gateway-only (control profile, EDS delay %v, --release-delay %v)", d.compress(edsDelay), d.compress(d.opt.ReleaseDelay))
 	}
 	d.logf("replaying %d requests (%s, %.0f min) at %g× speed: ≈ %v; %s: Envoy %s; GPU model: batch %d, %g prefill tok/s, %g ms/token, cold start %gs (%v compressed)",
 		len(d.trace.Requests), d.trace.Name, d.trace.Duration/60, d.opt.Speed, wall.Round(time.Second), mesh, d.opt.Envoy,
@@ -530,8 +526,32 @@ type zeroResult struct {
 	Steps []string
 }
 
+// simGPUHours replays the demo's trace in scaling/sim (same GPU model) with
+// the Deployment's configuration uncompressed (its windows and cold start
+// × -speed) and min-replicas n: the simulator's figure for the same trace.
+func (d *demo) simGPUHours(n int32) (float64, error) {
+	cfg, err := scaling.ParseAnnotations(d.annotations())
+	if err != nil {
+		return 0, err
+	}
+	up := func(t time.Duration) time.Duration { return time.Duration(float64(t) * d.opt.Speed) }
+	cfg.Window, cfg.PanicWindow, cfg.ColdStart = up(cfg.Window), up(cfg.PanicWindow), up(cfg.ColdStart)
+	if cfg.ScaleDownDelay > 0 {
+		cfg.ScaleDownDelay = up(cfg.ScaleDownDelay)
+	}
+	cfg.MinReplicas = n
+	if err := cfg.Validate(); err != nil {
+		return 0, err
+	}
+	env := sim.NewEnv(d.model, d.trace, d.opt.MaxReplica)
+	// The knob (slo-wait 10 s) only passes the spec's own check; the
+	// Deployment's configuration replaces it.
+	p, _ := sim.InflightSpecWith("demo", scaling.Features{}, n, func(c *scaling.Config) { *c = cfg }).New(env, 10)
+	return sim.Run(d.model, d.trace, p, d.opt.Initial).GPUHours, nil
+}
+
 // zeroFigures reduces the fleet's and the replay's counters.
-func (d *demo) zeroFigures(fs fleet.Sample, stats replay.Stats) zeroResult {
+func (d *demo) zeroFigures(fs fleet.Sample, stats replay.Stats, wakes []fleet.Wake) zeroResult {
 	z := zeroResult{GPUHours: fs.GPUHours, MinOneGPUHours: fs.GPUHours + fs.ZeroHours, ToZero: fs.ToZero, Wakes: fs.Wakes,
 		Held: len(stats.Held), HoldTimeouts: stats.HoldTimeouts, Shed: stats.Shed, NoHealthy: stats.NoHealthyUpstream,
 		FailOpen: stats.FailOpen, Bound: d.model.ColdStart + 2}
@@ -556,7 +576,7 @@ func (d *demo) zeroFigures(fs fleet.Sample, stats replay.Stats) zeroResult {
 				first = h.Answered.Sub(h.Arrival).Seconds() * d.opt.Speed
 			}
 			z.FirstHeld = append(z.FirstHeld, first)
-			z.Steps = append(z.Steps, d.steps(h))
+			z.Steps = append(z.Steps, d.steps(h, wakes))
 		}
 		if end.After(busyUntil) {
 			busyUntil = end
@@ -570,14 +590,14 @@ func (d *demo) zeroFigures(fs fleet.Sample, stats replay.Stats) zeroResult {
 // after its arrival: the fleet reads the scale-up, its first pod is Ready
 // (the cold start), the EndpointSlice lists it, the extproc releases the
 // request and its response headers reach the client.
-func (d *demo) steps(h replay.Held) string {
+func (d *demo) steps(h replay.Held, wakes []fleet.Wake) string {
 	at := func(t time.Time) string {
 		if t.IsZero() {
 			return "—"
 		}
 		return fmt.Sprintf("%.1f", t.Sub(h.Arrival).Seconds()*d.opt.Speed)
 	}
-	for _, w := range d.fl.Wakes() {
+	for _, w := range wakes {
 		if !w.Seen.Before(h.Arrival) {
 			return fmt.Sprintf("scale-up read %s, pod ready %s, in the EndpointSlice %s, released %s, answered %s",
 				at(w.Seen), at(w.Ready), at(w.Published), at(h.Routed), at(h.Answered))
@@ -592,10 +612,17 @@ func (d *demo) steps(h replay.Held) string {
 // (cold start + 2 s, demo clock), not enforced: on a loaded machine the
 // wall-clock lags the demo multiplies by -speed are noise.
 func (d *demo) gatewaySummary(row func(k, v string), fs fleet.Sample, stats replay.Stats) error {
-	z := d.zeroFigures(fs, stats)
+	z := d.zeroFigures(fs, stats, d.fl.Wakes())
 	d.zero = &z
 	row("GPU-hours with min-replicas 1", fmt.Sprintf("%.2f = this run + one replica through its %.2f h at zero (same run); min 0 saves %.0f %%",
 		z.MinOneGPUHours, fs.ZeroHours, 100*(1-z.GPUHours/z.MinOneGPUHours)))
+	sim0, err0 := d.simGPUHours(0)
+	sim1, err1 := d.simGPUHours(1)
+	if err := errors.Join(err0, err1); err != nil {
+		row("simulator, same trace", fmt.Sprintf("(%v)", err))
+	} else {
+		row("simulator, same trace: min 0 / min 1", fmt.Sprintf("%.2f / %.2f GPU-hours (min 0 saves %.0f %%)", sim0, sim1, 100*(1-sim0/sim1)))
+	}
 	row("scale to zero / wakes from zero", fmt.Sprintf("%d / %d", z.ToZero, z.Wakes))
 	row("held requests (gateway ext_proc)", fmt.Sprintf("%d; wait to release p50 / p99 / max %s / %s / %s", z.Held,
 		fmtWait(sim.Quantile(z.HeldWaits, 0.5)), fmtWait(sim.Quantile(z.HeldWaits, 0.99)), fmtWait(sim.Quantile(z.HeldWaits, 1))))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"github.com/inflight-dev/inflight/scaling"
 	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/test/controlplane"
+	"github.com/inflight-dev/inflight/test/demo/fleet"
+	"github.com/inflight-dev/inflight/test/demo/replay"
 	"github.com/inflight-dev/inflight/test/demo/stack"
 	"github.com/inflight-dev/inflight/test/testutil"
 )
@@ -116,6 +119,9 @@ func TestValidate(t *testing.T) {
 		func(o *Options) { o.Envoy = "1.35" },
 		func(o *Options) { o.Minutes = 0 },
 		func(o *Options) { o.Tail = -time.Second },
+		func(o *Options) { o.MinReplica = -1 },
+		func(o *Options) { o.ReleaseDelay = 100 * time.Millisecond },
+		func(o *Options) { o.MinReplica = o.MaxReplica + 1 },
 	} {
 		o := DefaultOptions(t.TempDir())
 		mut(&o)
@@ -243,4 +249,63 @@ func TestScaleToZero(t *testing.T) {
 func exists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && !fi.IsDir()
+}
+
+// The simulator's same-trace figures use the Deployment's configuration
+// uncompressed, min-replicas included (which of the two costs less is the
+// policy's outcome, not this test's).
+func TestSimGPUHours(t *testing.T) {
+	d := &demo{opt: DefaultOptions(t.TempDir()), model: sim.DefaultModel()}
+	d.opt.Shape, d.opt.MinReplica = "on-off", 0
+	tr, err := loadTrace(d.opt.Trace, d.opt.Shape, d.opt.Minutes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.trace = tr
+	h0, err := d.simGPUHours(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, err := d.simGPUHours(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(h0 > 0 && h1 > 0 && h0 != h1) {
+		t.Errorf("GPU-hours min 0 %.2f, min 1 %.2f: want both > 0 and different", h0, h1)
+	}
+	t.Logf("simulator, on-off hour: min 0 %.2f, min 1 %.2f GPU-hours", h0, h1)
+}
+
+// A wake's first held request is one that arrived when no earlier held
+// request was still waiting; waits and firsts are in demo seconds.
+func TestZeroFigures(t *testing.T) {
+	d := &demo{opt: DefaultOptions(t.TempDir()), model: sim.DefaultModel()}
+	d.opt.MinReplica = 0
+	t0 := time.Now()
+	s := func(x float64) time.Time { return t0.Add(time.Duration(x / d.opt.Speed * float64(time.Second))) }
+	st := replay.Stats{Status: map[int]int{200: 5, 503: 1}, HoldTimeouts: 1, Held: []replay.Held{
+		{Arrival: s(0), Routed: s(121), Answered: s(121.5), Status: 200},
+		{Arrival: s(10), Routed: s(122), Answered: s(123), Status: 200},
+		{Arrival: s(500), Routed: s(620), Answered: s(621), Status: 200},
+		{Arrival: s(501), Status: 503}, // a hold timeout
+	}}
+	fs := fleetSample(10, 0.5, 2, 2)
+	t1 := s(1)
+	z := d.zeroFigures(fs, st, []fleet.Wake{{Seen: t1, Ready: s(120.5), Published: s(120.6)}})
+	if !strings.Contains(z.Steps[0], "scale-up read 1.0, pod ready 120.5, in the EndpointSlice 120.6, released 121.0, answered 121.5") {
+		t.Errorf("steps %q", z.Steps)
+	}
+	if len(z.FirstHeld) != 2 || math.Abs(z.FirstHeld[0]-121.5) > 1e-6 || math.Abs(z.FirstHeld[1]-121) > 1e-6 {
+		t.Errorf("first held %v, want [121.5 121]", z.FirstHeld)
+	}
+	if len(z.HeldWaits) != 3 || math.Abs(z.HeldWaits[2]-121) > 1e-6 {
+		t.Errorf("held waits %v, want 3 released, max 121", z.HeldWaits)
+	}
+	if z.Err5x != 1 || z.Held != 4 || z.MinOneGPUHours != 10.5 || z.Bound != d.model.ColdStart+2 {
+		t.Errorf("%+v", z)
+	}
+}
+
+func fleetSample(gpu, zero float64, toZero, wakes int) fleet.Sample {
+	return fleet.Sample{GPUHours: gpu, ZeroHours: zero, ToZero: toZero, Wakes: wakes}
 }

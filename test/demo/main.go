@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/scaling/sim/traces"
 	"github.com/inflight-dev/inflight/test/controlplane"
@@ -60,29 +61,32 @@ type Options struct {
 	Target     float64
 	MinReplica int
 	MaxReplica int
-	Envoy      string
-	Prometheus bool
-	PNG        string
-	Dir        string
-	Bin        string
-	NoBuild    bool
-	Tail       time.Duration
+	// ReleaseDelay is the extproc's --release-delay in demo time.
+	ReleaseDelay time.Duration
+	Envoy        string
+	Prometheus   bool
+	PNG          string
+	Dir          string
+	Bin          string
+	NoBuild      bool
+	Tail         time.Duration
 }
 
 // DefaultOptions are the demo's defaults for the repository at root.
 func DefaultOptions(root string) Options {
 	return Options{
-		Trace:      traces.AzureConv,
-		Speed:      20,
-		Minutes:    60,
-		Initial:    8,
-		Target:     5,
-		MinReplica: 1,
-		MaxReplica: 16,
-		Envoy:      "mixed",
-		PNG:        filepath.Join(root, ".cache", "demo", "timeline.png"),
-		Dir:        filepath.Join(root, ".cache", "demo", "run"),
-		Bin:        filepath.Join(root, ".cache", "demo", "bin"),
+		Trace:        traces.AzureConv,
+		Speed:        20,
+		Minutes:      60,
+		Initial:      8,
+		Target:       5,
+		MinReplica:   1,
+		ReleaseDelay: extproc.DefaultReleaseDelay,
+		MaxReplica:   16,
+		Envoy:        "mixed",
+		PNG:          filepath.Join(root, ".cache", "demo", "timeline.png"),
+		Dir:          filepath.Join(root, ".cache", "demo", "run"),
+		Bin:          filepath.Join(root, ".cache", "demo", "bin"),
 	}
 }
 
@@ -96,6 +100,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.Target, "target", o.Target, "inflight.dev/target: requests in flight per replica")
 	fs.IntVar(&o.MinReplica, "min-replicas", o.MinReplica, "inflight.dev/min-replicas; 0 runs a gateway-only install (the harness as the ingress gateway, control profile, no sidecars) that holds requests while the model is at zero")
 	fs.IntVar(&o.MaxReplica, "max-replicas", o.MaxReplica, "inflight.dev/max-replicas")
+	fs.DurationVar(&o.ReleaseDelay, "release-delay", o.ReleaseDelay, "with -min-replicas 0: the extproc's --release-delay in demo time (divided by -speed; the gateway's EDS lag is 100 ms demo time)")
 	fs.StringVar(&o.Envoy, "envoy", o.Envoy, "sidecar Envoy versions: mixed, 1.36 or 1.37")
 	fs.BoolVar(&o.Prometheus, "prometheus", o.Prometheus, "also run /usr/bin/prometheus scraping the extprocs and controllers")
 	fs.StringVar(&o.PNG, "png", o.PNG, "where to write the timeline PNG")
@@ -123,6 +128,9 @@ func (o Options) Validate() error {
 	}
 	if o.MinReplica < 0 || o.MinReplica > o.MaxReplica {
 		bad("min-replicas", o.MinReplica, fmt.Sprintf("between 0 and -max-replicas (%d)", o.MaxReplica))
+	}
+	if o.ReleaseDelay < 200*time.Millisecond || o.ReleaseDelay > time.Minute {
+		bad("release-delay", o.ReleaseDelay, "between 200ms (twice the gateway's EDS lag) and 1m")
 	}
 	if o.Initial < 1 || o.Initial > o.MaxReplica {
 		bad("initial", o.Initial, fmt.Sprintf("between 1 and -max-replicas (%d)", o.MaxReplica))
