@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/scaling/kube"
 	"github.com/inflight-dev/inflight/test/controlplane"
 	"github.com/inflight-dev/inflight/test/envoy"
@@ -187,8 +188,76 @@ func load(ctx context.Context, t *testing.T, reps []extprocReplica) *sync.WaitGr
 			}
 		}
 	}()
+	edgeLoad(ctx, t, reps, &wg)
 	go func() { wg.Wait(); _ = c.Close() }()
 	return &wg
+}
+
+// edgeLoad drives issue 12's holding and shedding so that their series
+// exist: gateway requests for Service models/vllm through the control
+// filter while a gate table (PUT /v1/gates on every replica, twice a
+// second) says the Service has no ready endpoint, with a 1 s hold timeout
+// and at most 2 held per replica (more are shed), and one second in three
+// one ready endpoint (held requests are released). Some callers give up
+// while held (abandoned).
+func edgeLoad(ctx context.Context, t *testing.T, reps []extprocReplica, wg *sync.WaitGroup) {
+	var addrs []string
+	for _, r := range reps {
+		addrs = append(addrs, r.grpc)
+	}
+	c, err := envoy.NewClient(envoy.Config{Profile: envoy.Control, Version: envoy.Envoy137}, addrs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 2 * time.Second}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(500 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			ready := 0
+			if i%6 >= 4 {
+				ready = 1
+			}
+			doc := &extproc.GatesDocument{Version: extproc.GatesVersion, Controller: "dashboard-test", ExpiresInSeconds: 5, Share: 1,
+				Gates: []extproc.Gate{{Namespace: "models", Service: "vllm", Workload: "vllm", ReadyEndpoints: ready, Hold: true,
+					HoldTimeoutSeconds: 1, ReleasePerEndpoint: 8, MaxHeld: 2}}}
+			for _, r := range reps {
+				if err := extproc.PutGates(ctx, hc, "http://"+r.admin, doc); err != nil && ctx.Err() == nil {
+					t.Errorf("PUT /v1/gates: %v", err)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				req := &envoy.Request{
+					Attributes: envoy.GatewayAttributes("models", "vllm", 8000),
+					Response:   envoy.Response{Body: [][]byte{[]byte("ok")}},
+				}
+				rctx, cancel := ctx, context.CancelFunc(func() {})
+				if (w+i)%5 == 0 {
+					rctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond) // gives up while held
+				}
+				c.Do(rctx, req)
+				cancel()
+				select {
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); _ = c.Close() }()
 }
 
 // controllerUnderTest runs the controller in-process against the test

@@ -15,7 +15,10 @@
 //
 // Checked after every run: every target drains (in_flight 0, started =
 // completed, nothing held, held_total = released + hold timeouts + client
-// gone); some requests were held and some shed; per replica and namespace,
+// gone); some requests were held and some shed; every held request got
+// exactly one override, every local reply is a 429 or 503 with Retry-After,
+// and the servers counted every hold, shed and hold timeout the harness
+// saw; per replica and namespace,
 // the server started (or shed) every stream
 // the harness opened, except starts it provably could not see (reset within
 // a few ms with no reply, or never delivered by grpc-go), and every such
@@ -24,6 +27,6 @@
 // the harness's causal bounds; no server ends a request before an end
 // signal was written; at most 3 messages per request. The mutation test
 // puts deliberate counting bugs between gRPC and the real server (a dropped
-// start, a lost end, an early end) and requires each to be caught. Tests
-// only; no shared state between tests.
+// start, a lost end, an early end, an override sent twice) and requires
+// each to be caught. Tests only; no shared state between tests.
 package exactness

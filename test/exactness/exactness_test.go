@@ -252,6 +252,32 @@ func run(t *testing.T, s spec) outcome {
 		msgs[len(r.Sent)]++
 	}
 	o.logf("%d requests in %v; outcomes %v; messages per request %v", s.n, o.elapsed.Round(time.Millisecond), outcomes, msgs)
+	// What the harness saw of holding and shedding, to compare with the
+	// servers' counters below. A held request gets exactly one override
+	// (Envoy ignores a second one, and the hold then ends at the original
+	// 200 ms timer).
+	var sawHeld, saw429, saw503 uint64
+	for i, r := range results {
+		if r.TimeoutOverrides > 0 {
+			sawHeld++
+		}
+		if r.IgnoredOverrides > 0 {
+			o.errorf("request %d: Envoy ignored %d override_message_timeout replies: a held request must get exactly one", i, r.IgnoredOverrides)
+		}
+		if r.ImmediateResponse {
+			switch r.Status {
+			case 429:
+				saw429++
+			case 503:
+				saw503++
+			default:
+				o.errorf("request %d: immediate_response %d, want 429 (shed) or 503 (hold timeout)", i, r.Status)
+			}
+			if r.LocalHeader("retry-after") == "" {
+				o.errorf("request %d: immediate_response %d without Retry-After", i, r.Status)
+			}
+		}
+	}
 	for n := range msgs {
 		if n > 3 {
 			o.errorf("a request sent %d messages: the shipped modes send at most 3", n)
@@ -336,7 +362,13 @@ func run(t *testing.T, s spec) outcome {
 				abandoned+rec.HoldAbandoned, shed+rec.Shed
 		}
 	}
-	o.logf("held %d (released %d, hold timeouts %d, client gone %d), shed %d", held, released, timeouts, abandoned, shed)
+	o.logf("held %d (released %d, hold timeouts %d, client gone %d), shed %d; the harness saw %d held, %d shed (429), %d hold timeouts (503)",
+		held, released, timeouts, abandoned, shed, sawHeld, saw429, saw503)
+	// Every answer the harness saw was counted by a server (a server may
+	// have counted more: replies that reached Envoy after its client left).
+	if sawHeld > held || saw429 > shed || saw503 > timeouts {
+		o.errorf("the harness saw %d held, %d shed, %d hold timeouts; the servers counted %d, %d, %d", sawHeld, saw429, saw503, held, shed, timeouts)
+	}
 	if held == 0 || shed == 0 {
 		o.errorf("held %d, shed %d: the gates must hold and shed some requests, or the check says nothing of them", held, shed)
 	}
@@ -522,6 +554,7 @@ func TestExactnessCatchesBugs(t *testing.T) {
 		{"one start in 50 dropped", dropStart, 50, "started"},
 		{"one end in 50 never seen (leak)", loseEnd, 50, "not drained"},
 		{"one response in 50 ended at its headers (as Envoy 1.37 with trailers SKIP would)", endAtResponseHeaders, 50, "before any end signal"},
+		{"one hold in 5 sends its override twice", doubleOverride, 5, "exactly one"},
 	} {
 		t.Run(m.name, func(t *testing.T) {
 			release := make(chan struct{})
@@ -599,6 +632,30 @@ func loseEnd(n int, release <-chan struct{}) grpc.StreamServerInterceptor {
 			return err
 		}})
 	}
+}
+
+// doubleOverride sends every override_message_timeout of one stream in
+// every n twice: Envoy ignores the second.
+func doubleOverride(n int, _ <-chan struct{}) grpc.StreamServerInterceptor {
+	pick := every(n)
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		chosen := pick()
+		return h(srv, &doubleSender{ServerStream: ss, chosen: chosen})
+	}
+}
+
+type doubleSender struct {
+	grpc.ServerStream
+	chosen bool
+}
+
+func (s *doubleSender) SendMsg(m any) error {
+	if r, ok := m.(*extprocv3.ProcessingResponse); ok && s.chosen && r.GetOverrideMessageTimeout() != nil {
+		if err := s.ServerStream.SendMsg(m); err != nil {
+			return err
+		}
+	}
+	return s.ServerStream.SendMsg(m)
 }
 
 // endAtResponseHeaders marks response_headers as end_of_stream on one

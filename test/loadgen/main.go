@@ -62,6 +62,11 @@ type options struct {
 	keepBuild   string
 	rounds      int
 	serverCPU   string
+	// edge runs the edge phases (issue 12) instead of the sweep: CPU per
+	// request of not-held edge requests with a gate table in force vs
+	// without, and RSS with held requests.
+	edge bool
+	held int
 }
 
 func main() {
@@ -94,6 +99,8 @@ func parse(args []string) (options, error) {
 	fs.IntVar(&o.openStreams, "open-streams", 10000, "streams held open at once in the memory phase (0..50000)")
 	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds per cell (extproc, null, extproc, null, ...); the report gives each server's median (1..9)")
 	fs.StringVar(&o.serverCPU, "server-cpu", "", "pin the servers to these CPUs with taskset (e.g. 1); run the load generator itself on the others with 'taskset -c 0'")
+	fs.BoolVar(&o.edge, "edge", false, "run the edge phases instead of the sweep: CPU per request of gateway requests that are not held, with a gate table in force vs none (today's control path), alternating rounds; then -held requests held at once and the extproc's RSS")
+	fs.IntVar(&o.held, "held", 10000, "-edge: requests held at once in the memory phase (0 skips it; 1..50000)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&o.keepBuild, "bin-dir", "", "build the binaries into this directory and keep them (default: a temporary one)")
 	if err := fs.Parse(args); err != nil {
@@ -134,6 +141,8 @@ func parse(args []string) (options, error) {
 		errs = append(errs, fmt.Errorf("-server-cpu %q: want a CPU list such as 1 or 2-3", o.serverCPU))
 	case o.rounds < 1 || o.rounds > 9:
 		errs = append(errs, fmt.Errorf("-rounds %d: want 1..9", o.rounds))
+	case o.held < 0 || o.held > 50000:
+		errs = append(errs, fmt.Errorf("-held %d: want 0..50000", o.held))
 	case o.openStreams < 0 || o.openStreams > 50000:
 		errs = append(errs, fmt.Errorf("-open-streams %d: want 0..50000", o.openStreams))
 	}
@@ -230,6 +239,8 @@ type report struct {
 type server struct {
 	name string
 	argv func(grpcAddr, adminAddr string) []string
+	// setup, if set, runs once the server listens (e.g. PUT /v1/gates).
+	setup func(adminAddr string) error
 }
 
 func run(args []string, out io.Writer) error {
@@ -254,13 +265,16 @@ func run(args []string, out io.Writer) error {
 			return fmt.Errorf("go build %s (run from the module root): %w", pkg, err)
 		}
 	}
+	if o.edge {
+		return runEdge(o, extprocBin, out)
+	}
 	rep := report{Machine: machine(), LoadBefore: loadavg(), Envoy: fmt.Sprintf("%d", o.version),
 		Concurrency: o.concurrency, Duration: o.duration.String()}
 	servers := []server{
-		{"extproc", func(g, a string) []string {
+		{name: "extproc", argv: func(g, a string) []string {
 			return []string{extprocBin, "--grpc-listen", g, "--admin-listen", a, "--replica-name", "loadgen", "--log-level", "error", "--caller-identity", "trust-attributes"}
 		}},
-		{"null", func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
+		{name: "null", argv: func(g, _ string) []string { return []string{nullBin, "--listen", g} }},
 	}
 	version := envoy.Envoy137
 	if o.version == 136 {
@@ -473,6 +487,16 @@ func startServer(o options, s server) (cmd *exec.Cmd, grpcAddr string, stop func
 		stop()
 		return nil, "", nil, err
 	}
+	if s.setup != nil {
+		if err := waitListening(adminAddr, 15*time.Second); err != nil {
+			stop()
+			return nil, "", nil, err
+		}
+		if err := s.setup(adminAddr); err != nil {
+			stop()
+			return nil, "", nil, err
+		}
+	}
 	return cmd, grpcAddr, stop, nil
 }
 
@@ -594,7 +618,11 @@ func closedLoop(c *envoy.Client, o options, chunks int, d time.Duration) (n, err
 	for range o.concurrency {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
-				r := c.Do(context.Background(), request(count.Load(), chunks))
+				req := request(count.Load(), chunks)
+				if o.edge {
+					req.Attributes = envoy.GatewayAttributes("models", edgeService, 8000)
+				}
+				r := c.Do(context.Background(), req)
 				count.Add(1)
 				msgCount.Add(int64(len(r.Sent)))
 				if r.ProcessorErr != nil {
