@@ -95,6 +95,7 @@ func (c *Controller) fetch(ctx context.Context, t *term, v *view, eps []collect.
 	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
 	c.m.endpoints.WithLabelValues("vanished").Set(float64(res.Vanished))
 	c.m.unattributed.Set(res.Unattributed)
+	c.m.unmapped.Set(res.Unmapped)
 	if res.Partial {
 		c.m.partial.Set(1)
 	} else {
