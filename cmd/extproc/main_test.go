@@ -306,3 +306,54 @@ func TestSetMemoryLimit(t *testing.T) {
 		t.Fatalf("a lower GOMEMLIMIT must be kept: %d", got)
 	}
 }
+
+// TestRunGates: the binary takes PUT /v1/gates (400 naming the field for a
+// bad document), holds a gateway request for a Service at zero (counted in
+// flight and held at once), and on SIGTERM keeps it held through the drain
+// and releases it before the cut: the request goes on, answered.
+func TestRunGates(t *testing.T) {
+	r := startRun(t, "--caller-identity", "trust-attributes", "--release-delay", "0s", "--drain-timeout", "1s")
+	ctx := context.Background()
+	doc := &extproc.GatesDocument{Version: extproc.GatesVersion, Controller: "test", ExpiresInSeconds: 60, Share: 1,
+		Gates: []extproc.Gate{{Namespace: "models", Service: "llama", ReadyEndpoints: 0, Hold: true, HoldTimeoutSeconds: 3600, ReleasePerEndpoint: 1}}}
+	if err := extproc.PutGates(ctx, http.DefaultClient, "http://"+r.admin, doc); err == nil || !strings.Contains(err.Error(), "400") ||
+		!strings.Contains(err.Error(), "gates[0].hold_timeout_seconds=3600: want 1 to 3540") {
+		t.Fatalf("hold_timeout_seconds 3600: %v, want 400 naming the field", err)
+	}
+	doc.Gates[0].HoldTimeoutSeconds = 300
+	if err := extproc.PutGates(ctx, http.DefaultClient, "http://"+r.admin, doc); err != nil {
+		t.Fatal(err)
+	}
+	c, err := envoy.NewClient(envoy.Config{Profile: envoy.Control, Version: envoy.Envoy137}, r.grpc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan *envoy.Result, 1)
+	go func() {
+		res := c.Do(ctx, &envoy.Request{Attributes: envoy.GatewayAttributes("models", "llama", 8000)})
+		res.Wait()
+		done <- res
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s := r.snapshot(t)
+		if len(s.Targets) == 1 && s.Targets[0].Held == 1 {
+			if rec := s.Targets[0]; rec.InFlight != 1 || rec.Source != "edge" || rec.Service != "llama" {
+				t.Fatalf("held record %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not held within 20 s: %+v", s.Targets)
+		}
+	}
+	r.cancel() // SIGTERM
+	select {
+	case res := <-done:
+		if res.TimeoutOverrides != 1 || res.Outcome != envoy.Completed || res.Status != 200 {
+			t.Fatalf("held through the drain: %+v", res)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the held request was not released by the drain")
+	}
+}

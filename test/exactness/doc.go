@@ -28,6 +28,5 @@
 // signal was written; at most 3 messages per request. The mutation test
 // puts deliberate counting bugs between gRPC and the real server (a dropped
 // start, a lost end, an early end, an override sent twice) and requires
-// each to be caught. Tests
-// only; no shared state between tests.
+// each to be caught. Tests only; no shared state between tests.
 package exactness
