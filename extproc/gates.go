@@ -33,7 +33,12 @@ import (
 // queue) and by the requests released from a queue when they end; the
 // others update one atomic counter when they start and end. Gates.mu
 // serializes Apply, expiry and Close and guards the set of states; it is
-// never taken on a request's path.
+// never taken on a request's path. Accuracy: a state with nothing counted
+// is forgotten when a table stops naming it; a request that read the old
+// table an instant before counts in the forgotten state, so if a later
+// table names the gate again its limit may be off by such requests (a
+// window of microseconds, only when a gate disappears and comes back).
+// Counting in flight (the Tracker) is exact regardless.
 
 // GatesVersion names the JSON contract of PUT /v1/gates.
 const GatesVersion = "inflight.dev/gates/v1"

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -456,7 +458,10 @@ func TestShed(t *testing.T) {
 // queues and counts are empty.
 func TestHoldRandomized(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if v, err := strconv.ParseUint(os.Getenv("INFLIGHT_HOLD_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d (INFLIGHT_HOLD_SEED=%d reruns its choices; the timing is the machine's)", seed, seed)
 	rnd := rand.New(rand.NewPCG(seed, 0))
 	p := serveGated(t, GatesOptions{ReleaseDelay: time.Duration(rnd.IntN(3)) * 50 * time.Millisecond, MaxHeld: 40})
 	services := []string{"llama", "qwen", "mistral"}
@@ -496,11 +501,23 @@ func TestHoldRandomized(t *testing.T) {
 	go func() { // the controller: a new document now and then, sometimes none for a while (expiry)
 		defer ctl.Done()
 		r := rand.New(rand.NewPCG(seed, 1))
-		for {
+		for i := 0; ; i++ {
+			pause := time.Duration(r.IntN(500)) * time.Millisecond
+			if i == 3 {
+				// Once, surely: the controller goes quiet and the table
+				// expires with requests held.
+				d := doc(r)
+				d.ExpiresInSeconds = 1
+				if err := p.g.Apply(d); err != nil {
+					t.Error(err)
+					return
+				}
+				pause = 1300 * time.Millisecond
+			}
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(r.IntN(500)) * time.Millisecond):
+			case <-time.After(pause):
 			}
 			if r.IntN(6) != 0 {
 				if err := p.g.Apply(doc(r)); err != nil {
@@ -581,7 +598,13 @@ func TestHoldRandomized(t *testing.T) {
 		t.Errorf("%d gate states left after an empty table", len(p.g.states))
 	}
 	p.g.mu.Unlock()
-	t.Logf("clients saw %+v; server: started %d, shed %d, held %d, hold timeouts %d", total, started, shed, heldTotal, timeouts)
+	expired := testutil.ToFloat64(p.m.gatesExpired)
+	if expired == 0 {
+		t.Error("the gate table never expired: the expiry path was not exercised")
+	}
+	t.Logf("clients saw %+v; server: started %d, shed %d, held %d, hold timeouts %d; tables expired %v, releases by cause: ready %v expired %v no_gate %v",
+		total, started, shed, heldTotal, timeouts, expired, testutil.ToFloat64(p.m.releases[releaseReady]),
+		testutil.ToFloat64(p.m.releases[releaseExpired]), testutil.ToFloat64(p.m.releases[releaseNoGate]))
 }
 
 // oneRandomRequest plays one request: it may go away before any reply,

@@ -276,10 +276,10 @@ var annotationTable = []annotation{
 		meaning: "season of the learned forecast: one cold start ahead (plus a margin for timing: another cold start, or 20 s while this period lines up with the last), it asks for the level the arrivals held for a minute one period ago; acts after a full period of history (a new controller leader starts over), is dropped while the arrivals stay under half of it",
 		field:   func(c *Config) any { return &c.ForecastPeriod }},
 	{name: AnnMaxQueue, kind: kindNumber, lo: 0, loOpen: true, hi: 1e6, word: "off", def: "off",
-		meaning: "validated and kept, but **not enforced yet**: load shedding in the control profile is not implemented",
+		meaning: "requests in flight per ready replica beyond which the extproc sheds new ones with 429 + `Retry-After` (control profile; the gate's `max_in_flight` = max-queue × ready replicas, `max_held` = max-queue × max(1, replicas requested))",
 		field:   func(c *Config) any { return &c.MaxQueue }},
 	{name: AnnHoldTimeout, kind: kindDuration, lo: 1, hi: MaxHoldTimeout.Seconds(), def: "4m", defValue: DefaultHoldTimeout.Seconds(),
-		meaning: "how long a request to a workload at zero may be held at the edge before a 503 with `Retry-After`; validated and kept, **not enforced yet** (scale-from-zero holding is not implemented); 4m: two default cold starts, under the 5-minute timeouts of Istio's EDGE connection profile",
+		meaning: "how long a request to a workload at zero may be held at the edge before a 503 with `Retry-After`; enforced by the extproc at the edge (control profile) from the gate table; 4m: two default cold starts, under the 5-minute timeouts of Istio's EDGE connection profile",
 		field:   func(c *Config) any { return &c.HoldTimeout }},
 }
 

@@ -51,3 +51,43 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 		t.Errorf("mean duration = %v, want 1s", s.MeanDuration)
 	}
 }
+
+// Issue 12 against the real tracker and /v1/snapshot: an edge target's
+// held requests reach the workload its Service maps to as held demand at
+// once; once released they are plain in-flight; with the workload's own
+// inbound record present, only the held ones count.
+func TestReadsHeldEdgeRequestsFromTheRealExtproc(t *testing.T) {
+	clk := newClock()
+	tr := extproc.NewTracker(extproc.TrackerOptions{Now: clk.Now})
+	adm := &extproc.Admin{Tracker: tr, Replica: "extproc-0", BootID: extproc.NewBootID(), Wall: clk.Now}
+	srv := httptest.NewServer(adm.Handler())
+	defer srv.Close()
+	ep := []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
+	c := collect.New(collect.Options{Clock: clk})
+	ctx := context.Background()
+
+	edge := mesh.Target{Namespace: "ml", Service: "llama"}
+	var held []extproc.Request
+	for range 3 {
+		held = append(held, tr.StartHeld(edge, mesh.ReasonNone))
+	}
+	r := c.Tick(ctx, ep, nil, llamaSvc)
+	if s := r.Workloads[w]; r.Partial || s.Held != 3 || s.InFlight != 3 || s.Source != collect.SourceEdge {
+		t.Fatalf("held at zero: %+v partial %v, want 3 held of 3 in flight, source edge", s, r.Partial)
+	}
+	clk.Step(time.Second)
+	tr.Released(&held[0])
+	inb := tr.Start(mesh.Target{Namespace: "ml", Workload: "llama", Service: "llama", Pod: "llama-0"}, mesh.ReasonNone)
+	r = c.Tick(ctx, ep, nil, llamaSvc)
+	// The released one reached the pod: counted there; the 2 held at the edge.
+	if s := r.Workloads[w]; s.Held != 2 || s.InFlight != 3 || s.Source != collect.SourceBoth {
+		t.Errorf("one released to the pod: %+v, want 2 held, 1 + 2 in flight, source both", s)
+	}
+	tr.End(&inb)
+	for i := range held {
+		if i > 0 {
+			tr.HoldTimedOut(&held[i])
+		}
+		tr.End(&held[i])
+	}
+}

@@ -60,8 +60,17 @@ type Controller struct {
 	podIndex           cache.Indexer
 	slices             discoverylisters.EndpointSliceLister
 	services           corelisters.ServiceLister
-	synced             []cache.InformerSynced
-	hpa                hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
+	// modelSlices lists the EndpointSlices of the watched namespaces: a
+	// Service's ready endpoints for the gates (gates.go).
+	modelSlices discoverylisters.EndpointSliceLister
+	// ready remembers the Services seen with no ready endpoint, so that
+	// sliceChanged can tell a 0 → >0 change; gatesNow asks the tick loop
+	// to push the gates at once.
+	readyMu  sync.Mutex
+	ready    map[svcKey]int
+	gatesNow chan struct{}
+	synced   []cache.InformerSynced
+	hpa      hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
 
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
@@ -120,6 +129,24 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		return nil, err
 	}
 	c.services = svcInf.Lister()
+	msInf := c.factory.Discovery().V1().EndpointSlices()
+	if err := msInf.Informer().SetTransform(slimModelSlice); err != nil {
+		return nil, err
+	}
+	if _, err := msInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { c.sliceChanged(o) },
+		UpdateFunc: func(_, o any) { c.sliceChanged(o) },
+		DeleteFunc: func(o any) {
+			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = d.Obj
+			}
+			c.sliceChanged(o)
+		},
+	}); err != nil {
+		return nil, err
+	}
+	c.modelSlices = msInf.Lister()
+	c.ready, c.gatesNow = map[svcKey]int{}, make(chan struct{}, 1)
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
@@ -128,7 +155,7 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 	sInf := c.epFactory.Discovery().V1().EndpointSlices()
 	c.pods, c.slices = pInf.Lister(), sInf.Lister()
 	c.synced = []cache.InformerSynced{dInf.Informer().HasSynced, pInf.Informer().HasSynced, sInf.Informer().HasSynced,
-		svcInf.Informer().HasSynced}
+		svcInf.Informer().HasSynced, msInf.Informer().HasSynced}
 
 	c.broadcaster = record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 100, QPS: 1}))
 	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: FieldManager, Host: opt.Identity})

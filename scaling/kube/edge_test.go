@@ -85,6 +85,9 @@ func TestEdgeDemandScalesTheSelectedDeployment(t *testing.T) {
 	if last.Unmapped != 7 {
 		t.Errorf("unmapped edge in-flight = %v, want 7 (the Service that selects no Deployment)", last.Unmapped)
 	}
+	if got := r.metric(t, "inflight_controller_unmapped_edge_in_flight", nil); got != 7 {
+		t.Errorf("unmapped_edge_in_flight = %v, want 7", got)
+	}
 	// Stays: no double count creeps in over more ticks.
 	e.holds("both", 6, time.Second)
 }

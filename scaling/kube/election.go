@@ -109,6 +109,8 @@ func (c *Controller) lead(ctx, lctx context.Context) {
 			return
 		case <-tk.C():
 			c.tick(lctx, t)
+		case <-c.gatesNow:
+			c.pushGatesNow(lctx, t)
 		}
 	}
 }

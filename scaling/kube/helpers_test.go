@@ -131,22 +131,29 @@ func (e *env) annotate(name string, ann map[string]string) {
 // extproc Service (one slice per replica: each listens on its own port).
 func (e *env) slice(r *collecttest.Replica) {
 	e.t.Helper()
-	u, err := url.Parse(r.URL())
+	e.sliceURL(r.Name, r.URL())
+}
+
+// sliceURL publishes the extproc replica name serving snapshotURL (on
+// loopback) as one EndpointSlice of the extproc Service.
+func (e *env) sliceURL(name, snapshotURL string) {
+	e.t.Helper()
+	u, err := url.Parse(snapshotURL)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	port, _ := strconv.Atoi(u.Port())
 	s := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "extproc-" + r.Name, Namespace: e.sysNS,
+		ObjectMeta: metav1.ObjectMeta{Name: "extproc-" + name, Namespace: e.sysNS,
 			Labels: map[string]string{discoveryv1.LabelServiceName: e.service}},
 		// The apiserver refuses loopback IPs in EndpointSlices: an FQDN slice
 		// under the reserved .test TLD (never resolved) is accepted, and
 		// loopbackClient dials 127.0.0.1 for it.
 		AddressType: discoveryv1.AddressTypeFQDN,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("admin"), Port: ptr.To(int32(port))}},
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{r.Name + ".extproc.test"},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{name + ".extproc.test"},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: e.sysNS, Name: r.Name}}},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: e.sysNS, Name: name}}},
 	}
 	if _, err := e.cs.DiscoveryV1().EndpointSlices(e.sysNS).Create(e.ctx(), s, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)

@@ -29,6 +29,10 @@ type Metrics struct {
 	endpoints                          *prometheus.GaugeVec
 	leader                             prometheus.Gauge
 	skipped                            *prometheus.GaugeVec // hpa.go
+	unmapped                           prometheus.Gauge
+	gates                              prometheus.Gauge // gates.go
+	gatesPushes                        *prometheus.CounterVec
+	gatesImmediate                     prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -77,12 +81,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "extproc_endpoints", Help: "extproc replicas on the last tick, by state (answered; failed: no answer or a rejected snapshot; vanished: no longer listed, last values still counted)."}, []string{"state"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "is_leader", Help: "1 while this controller replica holds the Lease."}),
+		unmapped: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "unmapped_edge_in_flight", Help: "Requests in flight that edge targets (gateways, outbound sidecars) reported for a Service that selects no Deployment, last tick: counted for nobody."}),
+		gates: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "gates", Help: "Entries of the gate table last sent to the extproc replicas (PUT /v1/gates: holding at zero, max-queue)."}),
+		gatesPushes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "gates_pushes_total", Help: "Gate tables sent to an extproc replica, by result (ok; timeout, connect, http-status: not taken; invalid: not sent, a controller bug). A failure is never fatal: the extproc fails open when its table expires."}, []string{"result"}),
+		gatesImmediate: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "gates_immediate_total", Help: "Gate pushes between ticks because a model Service's ready endpoints went from 0 to more."}),
 	}
 	reg.MustRegister(m.desired, m.current, m.ready, m.starting, m.inFlight, m.concurrency,
 		m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid, m.invalidConfigs,
 		m.target, m.minReplicas, m.maxReplicas, m.coldStart,
 		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
-		m.tickDuration, m.partial, m.unattributed, m.endpoints, m.leader)
+		m.tickDuration, m.partial, m.unattributed, m.endpoints, m.leader,
+		m.gates, m.gatesPushes, m.gatesImmediate, m.unmapped)
 	m.skipped = skippedMetric(reg)
 	return m
 }

@@ -23,10 +23,12 @@ type term struct {
 	// Deployment that has some but no inflight.dev/target, as last warned
 	// about.
 	stray map[collect.Workload]string
+	// share is the last tick's share of the gate limits per extproc.
+	share float64
 }
 
 func (c *Controller) newTerm() *term {
-	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}, stray: map[collect.Workload]string{}}
+	return &term{coll: collect.New(c.collOpt), workloads: map[collect.Workload]*wstate{}, stray: map[collect.Workload]string{}, share: 1}
 }
 
 // wstate is the state of one workload within a term.
@@ -66,30 +68,34 @@ func (c *Controller) tick(ctx context.Context, t *term) {
 		c.log.Error("read the Deployments from the informer cache")
 		return
 	}
-	res := c.fetch(ctx, t, v)
+	eps := c.endpoints()
+	res := c.fetch(ctx, t, v, eps)
 	if c.opt.OnTick != nil {
 		c.opt.OnTick(res) // the KEDA external scaler's sums (scaling/keda)
 	}
-	// Issue 12's gates step (per-Service ready endpoints, hold and
-	// max-queue pushed to every extproc) fits here: after the fetch, with
-	// the view of the cluster and the endpoints just asked.
 	writes := c.decide(t, v, res, now)
 	c.runWrites(ctx, writes)
 	for _, wr := range writes {
 		c.finish(wr, now)
 	}
+	// The gates (issue 12) after the writes: a workload woken from zero
+	// this tick is pushed with the replicas just written. Each extproc
+	// enforces 1 / (the replicas that answered) of each limit.
+	t.share = 1 / float64(max(1, res.Answered))
+	c.pushGates(ctx, t, v, eps, t.share)
 	c.publish(t, res, now)
 	c.m.tickDuration.Observe(time.Since(begin).Seconds())
 }
 
 // fetch collects every extproc replica's snapshot and sums, per managed
 // workload, what its live pods report.
-func (c *Controller) fetch(ctx context.Context, t *term, v *view) collect.Result {
-	res := t.coll.Tick(ctx, c.endpoints(), v.attribute, v.edges)
+func (c *Controller) fetch(ctx context.Context, t *term, v *view, eps []collect.Endpoint) collect.Result {
+	res := t.coll.Tick(ctx, eps, v.attribute, v.edges)
 	c.m.endpoints.WithLabelValues("answered").Set(float64(res.Answered))
 	c.m.endpoints.WithLabelValues("failed").Set(float64(res.Endpoints - res.Answered))
 	c.m.endpoints.WithLabelValues("vanished").Set(float64(res.Vanished))
 	c.m.unattributed.Set(res.Unattributed)
+	c.m.unmapped.Set(res.Unmapped)
 	if res.Partial {
 		c.m.partial.Set(1)
 	} else {
@@ -167,4 +173,16 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods 
 		return nil
 	}
 	return &write{w: w, dep: dep, st: st, obs: obs, d: d, from: requested, to: d.Desired}
+}
+
+// pushGatesNow pushes the gates between ticks, when a model Service's ready
+// endpoints went from 0 to more: its held requests are released as soon as
+// the extproc knows, not a tick later.
+func (c *Controller) pushGatesNow(ctx context.Context, t *term) {
+	v, ok := c.view()
+	if !ok || len(t.workloads) == 0 {
+		return // before the term's first tick: nothing known to gate yet
+	}
+	c.m.gatesImmediate.Inc()
+	c.pushGates(ctx, t, v, c.endpoints(), t.share)
 }

@@ -28,8 +28,10 @@ import (
 // certificates of a mesh root made here and counts a request for namespace
 // N only for a caller whose SPIFFE ID is in N; the real controller binary
 // sums what the extproc counts for the victim's live pods. An attacker in
-// another namespace holds 200 requests claiming the victim's pod: the
-// extproc counts them as unauthorized, the victim stays at 1 replica. The
+// another namespace holds 200 requests claiming the victim's pod and 200
+// claiming its Service at the edge (which the controller maps to the
+// Deployment): the extproc counts them as unauthorized, the victim stays
+// at 1 replica. The
 // victim's own 3 requests then scale it to 3: the path works.
 func TestForgedClaimsAcrossNamespacesHaveNoEffect(t *testing.T) {
 	testutil.SkipUnlessLong(t)
@@ -105,6 +107,13 @@ func TestForgedClaimsAcrossNamespacesHaveNoEffect(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Its Service: edge targets (a gateway's or an outbound sidecar's) for
+	// it count for the Deployment (issue 12), so forged edge claims are
+	// tried too.
+	if _, err := st.Client.CoreV1().Services("victim").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "llm", Namespace: "victim"},
+		Spec: corev1.ServiceSpec{Selector: lbl, Ports: []corev1.ServicePort{{Name: "http", Port: 8000}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	pod, err := st.Client.CoreV1().Pods("victim").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "llm-0", Namespace: "victim", Labels: lbl},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "model", Image: "llm:1"}}}}, metav1.CreateOptions{})
 	if err != nil {
@@ -125,10 +134,11 @@ func TestForgedClaimsAcrossNamespacesHaveNoEffect(t *testing.T) {
 	leader := waitLeader(ctx, t, st, nil, 30*time.Second)
 	t.Logf("%s leads", leader.Identity)
 
-	// hold sends n requests for the victim's pod as the proxy holding
-	// cert, each held open until ctx ends.
-	claim := envoy.InboundAttributes("victim", "llm", "llm", "llm-0", "10.0.0.7", 8000)
-	hold := func(ctx context.Context, cert *tls.Certificate, n int) *sync.WaitGroup {
+	// hold sends n requests claiming claim as the proxy holding cert, each
+	// held open until ctx ends.
+	inbound := envoy.InboundAttributes("victim", "llm", "llm", "llm-0", "10.0.0.7", 8000)
+	edge := envoy.GatewayAttributes("victim", "llm", 8000)
+	hold := func(ctx context.Context, cert *tls.Certificate, claim map[string]any, n int) *sync.WaitGroup {
 		c, err := envoy.NewClient(envoy.Config{Profile: envoy.Control, Version: envoy.Envoy137, MessageTimeout: 5 * time.Second,
 			TLS: testutil.ProxyTLS(ca.Pool(), cert, extprocID)}, ep.GRPC)
 		if err != nil {
@@ -148,13 +158,14 @@ func TestForgedClaimsAcrossNamespacesHaveNoEffect(t *testing.T) {
 
 	attack, stopAttack := context.WithCancel(ctx)
 	defer stopAttack()
-	hold(attack, &attackerCert, 200)
+	hold(attack, &attackerCert, inbound, 200)
+	hold(attack, &attackerCert, edge, 200)
 	if err := stack.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() bool {
-		return unauthorized(ctx, ep.Admin) >= 200
+		return unauthorized(ctx, ep.Admin) >= 400
 	}); err != nil {
-		t.Fatalf("the extproc never counted the 200 forged requests as unauthorized (it saw %d)", unauthorized(ctx, ep.Admin))
+		t.Fatalf("the extproc never counted the 400 forged requests (inbound and edge) as unauthorized (it saw %d)", unauthorized(ctx, ep.Admin))
 	}
-	// 10 s = 50 ticks with 200 forged requests in flight: not one write.
+	// 10 s = 50 ticks with 400 forged requests in flight: not one write.
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		if n := replicas(); n != 1 {
 			t.Fatalf("the victim scaled to %d on forged claims", n)
@@ -164,7 +175,7 @@ func TestForgedClaimsAcrossNamespacesHaveNoEffect(t *testing.T) {
 
 	legit, stopLegit := context.WithCancel(ctx)
 	defer stopLegit()
-	hold(legit, &victimCert, 3)
+	hold(legit, &victimCert, inbound, 3)
 	if err := stack.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() bool { return replicas() == 3 }); err != nil {
 		t.Fatalf("the victim's own 3 requests did not scale it to 3 (at %d): the test proves nothing", replicas())
 	}

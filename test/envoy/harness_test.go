@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -836,4 +839,64 @@ func TestResetDoesNotOvertakeMessages(t *testing.T) {
 		t.Errorf("the wire check saw no loss from a naive cancel either: it may not be checking anything")
 	}
 	t.Logf("faithful reset: 0 of %d streams lost bytes; naive cancel: %d lost", n, naiveLost)
+}
+
+// localServer holds request_headers with one override, then answers it
+// with immediate_response status (sendImmediateResponse: below 200 → 200)
+// and a Retry-After header, and ends the RPC.
+type localServer struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	status typev3.StatusCode
+}
+
+func (s *localServer) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	if _, err := srv.Recv(); err != nil {
+		return nil
+	}
+	if err := srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(5 * time.Second)}); err != nil {
+		return nil
+	}
+	time.Sleep(1100 * time.Millisecond) // past the 1 s timer: only the override keeps the request
+	return srv.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{Status: &typev3.HttpStatus{Code: s.status}, Details: "held_then_local",
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				{Header: &corev3.HeaderValue{Key: "Retry-After", RawValue: []byte("7")}}}}}}})
+}
+
+// TestImmediateResponseWhileHeld: a held request (one override honoured)
+// answered locally: the client gets the status and headers, nothing goes
+// upstream, and a status below 200 becomes 200.
+func TestImmediateResponseWhileHeld(t *testing.T) {
+	for _, tc := range []struct {
+		code typev3.StatusCode
+		want int
+	}{{typev3.StatusCode_ServiceUnavailable, 503}, {typev3.StatusCode_Continue, 200}} {
+		c := newClient(t, Config{Profile: Control, Version: Envoy137, MessageTimeout: time.Second}, serve(t, &localServer{status: tc.code}))
+		res := c.Do(context.Background(), sseRequest(2))
+		res.Wait()
+		if res.Outcome != LocalReply || res.Status != tc.want || !res.ImmediateResponse || res.TimeoutOverrides != 1 ||
+			res.LocalHeader("retry-after") != "7" || res.LocalDetails != "held_then_local" || len(res.Sent) != 1 || res.Stream.EndedByServer {
+			t.Fatalf("status %v: %+v", tc.code, res)
+		}
+	}
+}
+
+// TestNoHealthyUpstream: the router finds no host after the filter let the
+// request through: 503 at once; the local reply reaches the processor only
+// where this generation sends local replies to ext_proc.
+func TestNoHealthyUpstream(t *testing.T) {
+	rec := &recorder{}
+	addr := serve(t, rec)
+	for _, v := range []Version{Envoy136, Envoy137} {
+		c := newClient(t, Config{Profile: Control, Version: v}, addr)
+		r := sseRequest(3)
+		r.NoHealthyUpstream = func() bool { return true }
+		res := c.Do(context.Background(), r)
+		res.Wait()
+		// ≤ 1.36 (1.34+): local replies skip ext_proc; 1.37 sends them.
+		sentReply := slices.Contains(res.Sent, ResponseHeaders)
+		if res.Outcome != LocalReply || res.Status != 503 || !res.NoHealthyUpstream || res.Sent[0] != RequestHeaders || sentReply != (v == Envoy137) {
+			t.Fatalf("%v: %+v (sent %v)", v, res, res.Sent)
+		}
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/kedacore/keda/v2/pkg/scalers"
 	"github.com/kedacore/keda/v2/pkg/scalers/scalersconfig"
 	appsv1 "k8s.io/api/apps/v1"
@@ -41,6 +42,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 const requireEnv = "INFLIGHT_REQUIRE_CONTROLPLANE"
@@ -52,6 +54,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// KEDA's scaler logs through controller-runtime's logger (e.g. a failed
+	// call while the binary starts): to stderr, seen with -v.
+	ctrllog.SetLogger(funcr.New(func(prefix, args string) { fmt.Fprintln(os.Stderr, "keda:", prefix, args) }, funcr.Options{}))
 	code, err := run(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
