@@ -7,6 +7,16 @@
 // second, then a summary (GPU-hours, waits, scale events, leaked counts),
 // the controllers' Events, a PNG timeline and `inflightctl status`.
 //
+// With -min-replicas 0 it is a gateway-only install instead (issue 12):
+// the harness is the ingress gateway (control profile, GATEWAY context),
+// the model pods have no sidecar, the fleet keeps the Service's
+// EndpointSlice and the gateway routes among the endpoints it learnt from
+// it (with an EDS lag); the leading controller's gate table makes the
+// extprocs hold requests while the model is at zero. The summary adds
+// GPU-hours against min-replicas 1, scale-to-zero counts, the held
+// requests' waits, the first held request per wake against cold start +
+// 2 s (demo clock) and the 5xx count (the run fails on any 5xx).
+//
 // Every process it starts leads its own process group and is stopped on
 // exit, on error and on SIGINT/SIGTERM; the last line says whether any child
 // process is left.

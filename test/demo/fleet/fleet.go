@@ -423,8 +423,13 @@ func (f *Fleet) Reconcile(ctx context.Context) error {
 		p.deleted = true
 		f.mu.Unlock()
 	}
-	for _, p := range markReady {
+	for i, p := range markReady {
 		errs = append(errs, f.setReady(ctx, p, now))
+		if i == 0 && len(markReady) > 1 && f.opt.Service != "" {
+			// As the EndpointSlice controller reacts to each pod: the
+			// first ready pod is an endpoint before the others' writes.
+			errs = append(errs, f.syncEndpoints(ctx))
+		}
 	}
 	errs = append(errs, f.writeStatus(ctx, dep))
 	if f.opt.Service != "" {
