@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/scaling/sim/traces"
 	"github.com/inflight-dev/inflight/test/controlplane"
@@ -58,27 +59,34 @@ type Options struct {
 	Minutes    float64
 	Initial    int
 	Target     float64
+	MinReplica int
 	MaxReplica int
-	Envoy      string
-	Prometheus bool
-	PNG        string
-	Dir        string
-	NoBuild    bool
-	Tail       time.Duration
+	// ReleaseDelay is the extproc's --release-delay in demo time.
+	ReleaseDelay time.Duration
+	Envoy        string
+	Prometheus   bool
+	PNG          string
+	Dir          string
+	Bin          string
+	NoBuild      bool
+	Tail         time.Duration
 }
 
 // DefaultOptions are the demo's defaults for the repository at root.
 func DefaultOptions(root string) Options {
 	return Options{
-		Trace:      traces.AzureConv,
-		Speed:      20,
-		Minutes:    60,
-		Initial:    8,
-		Target:     5,
-		MaxReplica: 16,
-		Envoy:      "mixed",
-		PNG:        filepath.Join(root, ".cache", "demo", "timeline.png"),
-		Dir:        filepath.Join(root, ".cache", "demo", "run"),
+		Trace:        traces.AzureConv,
+		Speed:        20,
+		Minutes:      60,
+		Initial:      8,
+		Target:       5,
+		MinReplica:   1,
+		ReleaseDelay: extproc.DefaultReleaseDelay,
+		MaxReplica:   16,
+		Envoy:        "mixed",
+		PNG:          filepath.Join(root, ".cache", "demo", "timeline.png"),
+		Dir:          filepath.Join(root, ".cache", "demo", "run"),
+		Bin:          filepath.Join(root, ".cache", "demo", "bin"),
 	}
 }
 
@@ -90,12 +98,15 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.Minutes, "minutes", o.Minutes, "replay only the first this many minutes of the trace")
 	fs.IntVar(&o.Initial, "initial", o.Initial, "replicas the model Deployment starts with (ready)")
 	fs.Float64Var(&o.Target, "target", o.Target, "inflight.dev/target: requests in flight per replica")
+	fs.IntVar(&o.MinReplica, "min-replicas", o.MinReplica, "inflight.dev/min-replicas; 0 runs a gateway-only install (the harness as the ingress gateway, control profile, no sidecars) that holds requests while the model is at zero")
 	fs.IntVar(&o.MaxReplica, "max-replicas", o.MaxReplica, "inflight.dev/max-replicas")
+	fs.DurationVar(&o.ReleaseDelay, "release-delay", o.ReleaseDelay, "with -min-replicas 0: the extproc's --release-delay in demo time (divided by -speed; the gateway's EDS lag is 100 ms demo time)")
 	fs.StringVar(&o.Envoy, "envoy", o.Envoy, "sidecar Envoy versions: mixed, 1.36 or 1.37")
 	fs.BoolVar(&o.Prometheus, "prometheus", o.Prometheus, "also run /usr/bin/prometheus scraping the extprocs and controllers")
 	fs.StringVar(&o.PNG, "png", o.PNG, "where to write the timeline PNG")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "folder for the processes' logs, the kubeconfig and Prometheus data")
-	fs.BoolVar(&o.NoBuild, "no-build", o.NoBuild, "use the binaries already in .cache/demo/bin and the cached control plane")
+	fs.StringVar(&o.Bin, "bin", o.Bin, "folder the extproc, controller and inflightctl binaries are built into (and read from with -no-build)")
+	fs.BoolVar(&o.NoBuild, "no-build", o.NoBuild, "use the binaries already in -bin and the cached control plane")
 	fs.DurationVar(&o.Tail, "tail", o.Tail, "after the load, how long to wait for the scale-down to 1 replica (0: 4 × scale-down-delay + 30 s)")
 }
 
@@ -114,6 +125,12 @@ func (o Options) Validate() error {
 	}
 	if o.MaxReplica < 1 || o.MaxReplica > 64 {
 		bad("max-replicas", o.MaxReplica, "between 1 and 64")
+	}
+	if o.MinReplica < 0 || o.MinReplica > o.MaxReplica {
+		bad("min-replicas", o.MinReplica, fmt.Sprintf("between 0 and -max-replicas (%d)", o.MaxReplica))
+	}
+	if o.ReleaseDelay < 200*time.Millisecond || o.ReleaseDelay > time.Minute {
+		bad("release-delay", o.ReleaseDelay, "between 200ms (twice the gateway's EDS lag) and 1m")
 	}
 	if o.Initial < 1 || o.Initial > o.MaxReplica {
 		bad("initial", o.Initial, fmt.Sprintf("between 1 and -max-replicas (%d)", o.MaxReplica))

@@ -55,6 +55,11 @@ type Options struct {
 	// WarmStart makes the pods created on the first reconcile ready at
 	// once (the fleet's state before the demo starts).
 	WarmStart bool
+	// Service, if set, makes the fleet also play the EndpointSlice
+	// controller for that Service (there is no kube-controller-manager):
+	// it keeps one EndpointSlice labelled with the Service's name whose
+	// endpoints are the ready pods not being removed (endpoints.go).
+	Service string
 }
 
 // Fleet is one simulated GPU Deployment.
@@ -70,6 +75,10 @@ type Fleet struct {
 	waits   []float64
 	served  int
 	first   bool
+	born    time.Time // first reconcile
+	toZero  int       // spec.replicas changes to 0
+	wakes   []Wake    // spec.replicas changes from 0
+	slice   []string  // the EndpointSlice's addresses last written
 }
 
 type pod struct {
@@ -112,6 +121,12 @@ type Sample struct {
 	Changes   int     // changes of spec.replicas seen
 	Draining  int
 	Completed int
+	// ZeroHours is the time (uncompressed) since the first reconcile
+	// during which the Deployment had no pod at all, not even one
+	// finishing its work; ToZero and Wakes count the changes of
+	// spec.replicas to 0 and from 0.
+	ZeroHours     float64
+	ToZero, Wakes int
 }
 
 // New returns a fleet for the Deployment; call Run to make it follow it.
@@ -180,6 +195,42 @@ func (f *Fleet) Route(now time.Time, svc time.Duration) (Assignment, error) {
 	if best == nil {
 		return Assignment{}, ErrNoReplica
 	}
+	return f.assignLocked(best, now, svc), nil
+}
+
+// RouteAmong is Route for a proxy that knows only the endpoints hosts
+// reports (its EDS view, by pod IP): the least-loaded ready pod among them
+// that is not being removed, else the least-loaded one among them that is
+// being removed (a terminating pod still serves during its grace period:
+// the request extends its GPU time). ErrNoReplica if none of them exists.
+func (f *Fleet) RouteAmong(now time.Time, svc time.Duration, hosts func(ip string) bool) (Assignment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var best *pod
+	bestLoad := 0
+	for _, p := range f.pods {
+		if !p.ready || !hosts(p.ip) {
+			continue
+		}
+		load := p.load(now)
+		switch {
+		case best == nil:
+		case best.draining && !p.draining:
+		case p.draining && !best.draining:
+			continue
+		case load < bestLoad:
+		default:
+			continue
+		}
+		best, bestLoad = p, load
+	}
+	if best == nil {
+		return Assignment{}, ErrNoReplica
+	}
+	return f.assignLocked(best, now, svc), nil
+}
+
+func (f *Fleet) assignLocked(best *pod, now time.Time, svc time.Duration) Assignment {
 	start := best.slots[0]
 	if start.Before(now) {
 		start = now
@@ -193,7 +244,7 @@ func (f *Fleet) Route(now time.Time, svc time.Duration) (Assignment, error) {
 	}
 	f.waits = append(f.waits, start.Sub(now).Seconds()*f.opt.Speed)
 	f.served++
-	return Assignment{Pod: best.name, IP: best.ip, Index: best.index, Arrival: now, Start: start, End: end}, nil
+	return Assignment{Pod: best.name, IP: best.ip, Index: best.index, Arrival: now, Start: start, End: end}
 }
 
 // load is the number of requests queued or running in p at now.
@@ -223,8 +274,9 @@ func (p *pod) queued(now time.Time) int {
 func (f *Fleet) Snapshot(now time.Time) Sample {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := Sample{Time: now, Desired: f.desired, Served: f.served, Changes: f.changes}
+	s := Sample{Time: now, Desired: f.desired, Served: f.served, Changes: f.changes, ToZero: f.toZero, Wakes: len(f.wakes)}
 	gpu := 0.0
+	lives := make([][2]time.Time, 0, len(f.pods))
 	for _, p := range f.pods {
 		end := now
 		if p.draining {
@@ -233,6 +285,7 @@ func (f *Fleet) Snapshot(now time.Time) Sample {
 			}
 		}
 		gpu += end.Sub(p.created).Seconds()
+		lives = append(lives, [2]time.Time{p.created, end})
 		load := p.load(now)
 		s.InFlight += load
 		s.Queued += p.queued(now)
@@ -251,6 +304,9 @@ func (f *Fleet) Snapshot(now time.Time) Sample {
 	}
 	s.Completed = s.Served - s.InFlight
 	s.GPUHours = gpu * f.opt.Speed / 3600
+	if !f.born.IsZero() {
+		s.ZeroHours = zeroTime(f.born, now, lives).Seconds() * f.opt.Speed / 3600
+	}
 	if len(f.waits) > 0 {
 		w := slices.Clone(f.waits)
 		slices.Sort(w)
@@ -305,8 +361,16 @@ func (f *Fleet) Reconcile(ctx context.Context) error {
 	var create []*pod
 	var remove []*pod
 	f.mu.Lock()
+	if f.born.IsZero() {
+		f.born = now
+	}
 	if f.desired >= 0 && want != f.desired {
 		f.changes++
+		if want == 0 {
+			f.toZero++
+		} else if f.desired == 0 {
+			f.wakes = append(f.wakes, Wake{Seen: now})
+		}
 	}
 	f.desired = want
 	var live []*pod
@@ -363,6 +427,9 @@ func (f *Fleet) Reconcile(ctx context.Context) error {
 		errs = append(errs, f.setReady(ctx, p, now))
 	}
 	errs = append(errs, f.writeStatus(ctx, dep))
+	if f.opt.Service != "" {
+		errs = append(errs, f.syncEndpoints(ctx))
+	}
 	return errors.Join(errs...)
 }
 
@@ -447,9 +514,24 @@ func (f *Fleet) setReady(ctx context.Context, p *pod, now time.Time) error {
 	if err == nil {
 		f.mu.Lock()
 		p.ready = true
+		if n := len(f.wakes); n > 0 && f.wakes[n-1].Ready.IsZero() {
+			f.wakes[n-1].Ready = time.Now()
+		}
 		f.mu.Unlock()
 	}
 	return err
+}
+
+// Wake is one change of spec.replicas from 0, as the fleet saw it: when
+// its reconcile read it, when the first pod's Ready condition was written
+// and when the EndpointSlice listing it was (Options.Service).
+type Wake struct{ Seen, Ready, Published time.Time }
+
+// Wakes returns the changes of spec.replicas from 0 so far.
+func (f *Fleet) Wakes() []Wake {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Wake(nil), f.wakes...)
 }
 
 func (f *Fleet) writeStatus(ctx context.Context, dep *appsv1.Deployment) error {
@@ -477,6 +559,28 @@ func (f *Fleet) writeStatus(ctx context.Context, dep *appsv1.Deployment) error {
 		_, err = f.cs.AppsV1().Deployments(f.opt.Namespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
 		return err
 	})
+}
+
+// zeroTime is how much of [from, to) no interval of lives covers.
+func zeroTime(from, to time.Time, lives [][2]time.Time) time.Duration {
+	sort.Slice(lives, func(i, j int) bool { return lives[i][0].Before(lives[j][0]) })
+	zero, at := time.Duration(0), from
+	for _, l := range lives {
+		if !l[0].Before(to) {
+			break
+		}
+		if !l[1].After(at) {
+			continue
+		}
+		if l[0].After(at) {
+			zero += l[0].Sub(at)
+		}
+		at = l[1]
+		if !at.Before(to) {
+			return zero
+		}
+	}
+	return zero + to.Sub(at)
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -172,3 +172,22 @@ func TestNoReplica(t *testing.T) {
 		t.Errorf("Route with no pod: %v, want ErrNoReplica", err)
 	}
 }
+
+func TestZeroTime(t *testing.T) {
+	t0 := time.Now()
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	for _, c := range []struct {
+		lives [][2]time.Time
+		want  int
+	}{
+		{nil, 100},
+		{[][2]time.Time{{at(0), at(100)}}, 0},
+		{[][2]time.Time{{at(10), at(20)}, {at(15), at(30)}, {at(50), at(60)}}, 10 + 20 + 40},
+		{[][2]time.Time{{at(50), at(60)}, {at(0), at(5)}, {at(90), at(200)}}, 45 + 30},
+		{[][2]time.Time{{at(-10), at(5)}, {at(120), at(130)}}, 95},
+	} {
+		if got := zeroTime(at(0), at(100), c.lives); got != time.Duration(c.want)*time.Second {
+			t.Errorf("%v: %v, want %ds", c.lives, got, c.want)
+		}
+	}
+}

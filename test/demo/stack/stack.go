@@ -43,6 +43,11 @@ type Bins struct{ Extproc, Controller, Inflightctl string }
 // Build builds the test control plane (cached by build.sh) and the
 // binaries into root/.cache/demo/bin, logging to w.
 func Build(ctx context.Context, root string, w io.Writer, controlPlane bool) (Bins, error) {
+	return BuildInto(ctx, root, filepath.Join(root, ".cache", "demo", "bin"), w, controlPlane)
+}
+
+// BuildInto is Build with the binaries written into dir.
+func BuildInto(ctx context.Context, root, dir string, w io.Writer, controlPlane bool) (Bins, error) {
 	if controlPlane {
 		cmd := groupCommand(ctx, filepath.Join(root, "test", "controlplane", "build.sh"))
 		cmd.Dir, cmd.Stdout, cmd.Stderr = root, w, w
@@ -50,7 +55,6 @@ func Build(ctx context.Context, root string, w io.Writer, controlPlane bool) (Bi
 			return Bins{}, fmt.Errorf("test/controlplane/build.sh: %w", err)
 		}
 	}
-	dir := filepath.Join(root, ".cache", "demo", "bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Bins{}, err
 	}
@@ -429,4 +433,25 @@ func InFlight(ctx context.Context, extprocs []*Extproc, namespace, workload stri
 		}
 	}
 	return sum, ok
+}
+
+// EdgeInFlight sums the edge records (gateway) of a Service over the
+// extprocs' snapshots: in flight (held included) and held; ok is false if
+// one did not answer.
+func EdgeInFlight(ctx context.Context, extprocs []*Extproc, namespace, service string) (inFlight, held int64, ok bool) {
+	ok = true
+	for _, e := range extprocs {
+		s, err := Snapshot(ctx, e.Admin)
+		if err != nil {
+			ok = false
+			continue
+		}
+		for _, t := range s.Targets {
+			if t.Namespace == namespace && t.Service == service && t.Source == "edge" {
+				inFlight += t.InFlight
+				held += t.Held
+			}
+		}
+	}
+	return inFlight, held, ok
 }
