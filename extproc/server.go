@@ -191,17 +191,19 @@ func (s *Server) finish(st *stream, c endCause) {
 }
 
 // end releases the stream's request, if it is counted and not yet ended,
-// recording how it ended.
+// recording how it ended. The cause is counted before the release, so that
+// whoever sees the request's count drop (a snapshot, a test waiting for
+// in_flight 0) also sees why it ended.
 func (s *Server) end(st *stream, c endCause) {
 	st.adm.leave()
 	if !st.req.Started() {
 		return
 	}
-	s.tracker.End(&st.req)
 	s.metrics.ends[c].Inc()
 	if !st.response {
 		s.metrics.noResponse[c].Inc()
 	}
+	s.tracker.End(&st.req)
 }
 
 // overLimit answers a stream opened beyond MaxOpenStreams at once: it reads
