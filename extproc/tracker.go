@@ -216,24 +216,19 @@ func (tr *Tracker) unhold(r *Request, count func(*target)) {
 // appears in the target's shed_total only, never in in_flight, started or
 // completed.
 func (tr *Tracker) Shed(t mesh.Target, reason mesh.Reason) {
-	for {
-		tg := tr.lookup(t, reason)
-		tg.mu.Lock()
-		if tg.evicted {
-			tg.mu.Unlock()
-			continue
-		}
-		tg.shed++
-		tg.changed = tr.nanos()
-		tg.mu.Unlock()
-		return
-	}
+	tr.countOnly(t, reason, func(tg *target) { tg.shed++ })
 }
 
 // Untracked counts the arrival of a request that is not tracked in flight
 // (the server's open-stream cap was reached): it appears in the target's
 // untracked_total only, never in in_flight, started or completed.
 func (tr *Tracker) Untracked(t mesh.Target, reason mesh.Reason) {
+	tr.countOnly(t, reason, func(tg *target) { tg.untracked++ })
+}
+
+// countOnly applies inc to the target's record under its lock, retrying
+// when the record was evicted between the lookup and the lock.
+func (tr *Tracker) countOnly(t mesh.Target, reason mesh.Reason, inc func(*target)) {
 	for {
 		tg := tr.lookup(t, reason)
 		tg.mu.Lock()
@@ -241,7 +236,7 @@ func (tr *Tracker) Untracked(t mesh.Target, reason mesh.Reason) {
 			tg.mu.Unlock()
 			continue
 		}
-		tg.untracked++
+		inc(tg)
 		tg.changed = tr.nanos()
 		tg.mu.Unlock()
 		return
