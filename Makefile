@@ -20,14 +20,16 @@ NESTED := test/helm test/keda
 test-nested: controlplane
 	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) vet ./... && INFLIGHT_REQUIRE_CONTROLPLANE=1 $(GO) test -vet=off -count=1 -timeout 20m ./...) || exit 1; done
 
-## deps: Debian's prometheus/promtool (dashboard and alert checks), installed when missing
+## deps: the tools make test runs, from Debian's packages when missing (as root): prometheus and
+## promtool (dashboard and alert checks), npm (dashboard type checks), gcc (the race detector's cgo), git
+DEPS := prometheus:prometheus promtool:prometheus npm:npm gcc:gcc git:git
 deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@missing=$$(for d in $(DEPS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's prometheus (prometheus, promtool)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	  else echo "make test needs prometheus and promtool: run 'sudo apt-get install prometheus'"; exit 1; fi; }
-	@command -v npm >/dev/null || { echo "make test needs npm (dashboard type checks): install Node.js and npm"; exit 1; }
+	    echo "installing Debian's $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "make test needs: $$missing — run 'sudo apt-get install $$missing'"; exit 1; fi; fi
 
 ## controlplane: build kube-apiserver and etcd from their Go modules into .cache/ (≈10 min cold, 0 s warm)
 controlplane:
