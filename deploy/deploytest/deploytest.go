@@ -45,7 +45,7 @@ func RequireTool(t testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if controlplane.Required() {
-			t.Fatalf("%s not found on PATH (%s=1: CI must have it; .ci/run installs prometheus/promtool, kubectl and npm come with the image)", name, controlplane.RequireEnv)
+			t.Fatalf("%s not found on PATH (%s=1: CI must have it; make test's deps target installs it from Debian's packages)", name, controlplane.RequireEnv)
 		}
 		t.Skipf("%s not found on PATH: skipping (install it to run this check)", name)
 	}
@@ -82,22 +82,33 @@ func Split(stream []byte) ([]Object, error) {
 	return objs, nil
 }
 
-// Kustomize renders dir with kubectl kustomize.
+// KustomizeModule is the kustomize release run with `go run` when kubectl
+// is not installed (the one kubectl 1.32 embeds), so a machine without
+// kubectl renders the same way and no kustomize module enters go.mod.
+const KustomizeModule = "sigs.k8s.io/kustomize/kustomize/v5@v5.5.0"
+
+// Kustomize renders dir with kubectl kustomize, or with KustomizeModule
+// when kubectl is not on PATH.
 func Kustomize(t testing.TB, dir string) []Object {
 	t.Helper()
-	kubectl := RequireTool(t, "kubectl")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	args := []string{"kustomize", dir}
+	if kubectl, err := exec.LookPath("kubectl"); err == nil {
+		args = append([]string{kubectl}, args...)
+	} else {
+		args = []string{"go", "run", KustomizeModule, "build", dir}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // the first go run compiles kustomize
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
 	objs, err := Split(out)
 	if err != nil {
-		t.Fatalf("kubectl kustomize %s: %v", dir, err)
+		t.Fatalf("%s: %v", strings.Join(args, " "), err)
 	}
 	return objs
 }
