@@ -80,31 +80,13 @@ const (
 // Handler returns the admin HTTP handler.
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
-	snapshots := make(chan struct{}, maxSnapshotsInFlight)
-	mux.HandleFunc("GET /v1/snapshot", func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case snapshots <- struct{}{}:
-			defer func() { <-snapshots }()
-		default:
-			w.Header().Set("Retry-After", "1")
-			http.Error(w, "too many snapshot reads at once", http.StatusServiceUnavailable)
-			return
-		}
+	mux.HandleFunc("GET /v1/snapshot", limited(maxSnapshotsInFlight, "too many snapshot reads at once", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(a.Snapshot())
-	})
+	}))
 	if a.Gates != nil {
-		puts := make(chan struct{}, maxGatePutsInFlight)
-		mux.HandleFunc("PUT /v1/gates", func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case puts <- struct{}{}:
-				defer func() { <-puts }()
-			default:
-				w.Header().Set("Retry-After", "1")
-				http.Error(w, "too many gate documents at once", http.StatusServiceUnavailable)
-				return
-			}
+		mux.HandleFunc("PUT /v1/gates", limited(maxGatePutsInFlight, "too many gate documents at once", func(w http.ResponseWriter, r *http.Request) {
 			doc, status, err := decodeGates(w, r)
 			if err == nil {
 				status = http.StatusBadRequest
@@ -117,7 +99,7 @@ func (a *Admin) Handler() http.Handler {
 				return
 			}
 			w.WriteHeader(http.StatusNoContent)
-		})
+		}))
 		mux.HandleFunc("GET /v1/gates", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")
@@ -136,6 +118,23 @@ func (a *Admin) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// limited serves h at most n at a time; beyond that it answers 503 with
+// Retry-After and busy, so slow or piled-up callers cannot hold memory.
+func limited(n int, busy string, h http.HandlerFunc) http.HandlerFunc {
+	sem := make(chan struct{}, n)
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case sem <- struct{}{}:
+			defer func() { <-sem }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, busy, http.StatusServiceUnavailable)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // decodeGates reads a PUT /v1/gates body of at most MaxGatesBytes (413

@@ -325,8 +325,7 @@ type gateConfig struct {
 
 // gateState is one gate's state across documents.
 type gateState struct {
-	g   *Gates
-	key gateKey
+	g *Gates
 
 	cfg    atomic.Pointer[gateConfig] // nil: no gate in force
 	open   atomic.Bool                // edge: requests continue without taking mu
@@ -386,12 +385,8 @@ var shedLimitNames = [numShedLimits]string{"max_in_flight", "max_held", "extproc
 // NewGates returns Gates with no table in force: nothing is held or shed
 // until the first Apply.
 func NewGates(o GatesOptions) *Gates {
-	g := &Gates{delay: int64(o.ReleaseDelay), maxHeld: int64(cmp.Or(o.MaxHeld, DefaultMaxHeld)), metrics: o.Metrics, log: o.Log,
-		epoch: time.Now(), states: map[gateKey]*gateState{}}
-	if o.ReleaseDelay == 0 {
-		g.delay = int64(DefaultReleaseDelay)
-	}
-	g.delay = max(g.delay, 0)
+	g := &Gates{delay: int64(max(cmp.Or(o.ReleaseDelay, DefaultReleaseDelay), 0)), maxHeld: int64(cmp.Or(o.MaxHeld, DefaultMaxHeld)),
+		metrics: o.Metrics, log: o.Log, epoch: time.Now(), states: map[gateKey]*gateState{}}
 	if g.metrics == nil {
 		g.metrics = newMetrics()
 	}
@@ -424,7 +419,7 @@ func (g *Gates) Apply(doc *GatesDocument) error {
 	for k, c := range cfgs {
 		st := g.states[k]
 		if st == nil {
-			st = &gateState{g: g, key: k}
+			st = &gateState{g: g}
 			st.open.Store(true)
 			g.states[k] = st
 		}

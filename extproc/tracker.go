@@ -166,27 +166,34 @@ func (tr *Tracker) StartHeld(t mesh.Target, reason mesh.Reason) Request {
 }
 
 func (tr *Tracker) start(t mesh.Target, reason mesh.Reason, held bool) Request {
+	tg := tr.liveLocked(t, reason)
+	// The clock is read under the lock, so that one target's events are
+	// integrated in the order of their timestamps and busy-seconds equals
+	// the sum of the durations exactly.
+	now := tr.nanos()
+	tg.advance(now)
+	tg.inFlight++
+	tg.started++
+	if held {
+		tg.held++
+		tg.heldTotal++
+	}
+	tg.changed = now
+	tg.mu.Unlock()
+	return Request{t: tg, start: now, held: held}
+}
+
+// liveLocked returns the record of the target (or of the reason), locked
+// and not evicted: Sweep may remove a record between lookup and Lock, and
+// then the fresh one is taken.
+func (tr *Tracker) liveLocked(t mesh.Target, reason mesh.Reason) *target {
 	for {
 		tg := tr.lookup(t, reason)
-		// The clock is read under the lock, so that one target's events are
-		// integrated in the order of their timestamps and busy-seconds equals
-		// the sum of the durations exactly.
 		tg.mu.Lock()
-		if tg.evicted {
-			tg.mu.Unlock()
-			continue // Sweep removed it after lookup: take the fresh one
+		if !tg.evicted {
+			return tg
 		}
-		now := tr.nanos()
-		tg.advance(now)
-		tg.inFlight++
-		tg.started++
-		if held {
-			tg.held++
-			tg.heldTotal++
-		}
-		tg.changed = now
 		tg.mu.Unlock()
-		return Request{t: tg, start: now, held: held}
 	}
 }
 
@@ -216,31 +223,20 @@ func (tr *Tracker) unhold(r *Request, count func(*target)) {
 // appears in the target's shed_total only, never in in_flight, started or
 // completed.
 func (tr *Tracker) Shed(t mesh.Target, reason mesh.Reason) {
-	tr.countOnly(t, reason, func(tg *target) { tg.shed++ })
+	tg := tr.liveLocked(t, reason)
+	tg.shed++
+	tg.changed = tr.nanos()
+	tg.mu.Unlock()
 }
 
 // Untracked counts the arrival of a request that is not tracked in flight
 // (the server's open-stream cap was reached): it appears in the target's
 // untracked_total only, never in in_flight, started or completed.
 func (tr *Tracker) Untracked(t mesh.Target, reason mesh.Reason) {
-	tr.countOnly(t, reason, func(tg *target) { tg.untracked++ })
-}
-
-// countOnly applies inc to the target's record under its lock, retrying
-// when the record was evicted between the lookup and the lock.
-func (tr *Tracker) countOnly(t mesh.Target, reason mesh.Reason, inc func(*target)) {
-	for {
-		tg := tr.lookup(t, reason)
-		tg.mu.Lock()
-		if tg.evicted {
-			tg.mu.Unlock()
-			continue
-		}
-		inc(tg)
-		tg.changed = tr.nanos()
-		tg.mu.Unlock()
-		return
-	}
+	tg := tr.liveLocked(t, reason)
+	tg.untracked++
+	tg.changed = tr.nanos()
+	tg.mu.Unlock()
 }
 
 // End releases the request and returns its duration. It is idempotent: only
@@ -305,12 +301,6 @@ func (tr *Tracker) lookup(t mesh.Target, reason mesh.Reason) *target {
 		}
 		if v, ok := tr.targets.Load(k); ok {
 			return v.(*target)
-		}
-		if k.reason == mesh.ReasonNamespaceOverflow && tr.n >= tr.max {
-			k = key{reason: mesh.ReasonOverflow}
-			if v, ok := tr.targets.Load(k); ok {
-				return v.(*target)
-			}
 		}
 	}
 	// A new record. Its names are copied: they are substrings of the

@@ -63,11 +63,11 @@ type Controller struct {
 	// modelSlices lists the EndpointSlices of the watched namespaces: a
 	// Service's ready endpoints for the gates (gates.go).
 	modelSlices discoverylisters.EndpointSliceLister
-	// ready remembers the Services seen with no ready endpoint, so that
+	// atZero holds the Services seen with no ready endpoint, so that
 	// sliceChanged can tell a 0 → >0 change; gatesNow asks the tick loop
 	// to push the gates at once.
-	readyMu  sync.Mutex
-	ready    map[svcKey]int
+	atZeroMu sync.Mutex
+	atZero   map[svcKey]struct{}
 	gatesNow chan struct{}
 	synced   []cache.InformerSynced
 	hpa      hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
@@ -146,7 +146,7 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		return nil, err
 	}
 	c.modelSlices = msInf.Lister()
-	c.ready, c.gatesNow = map[svcKey]int{}, make(chan struct{}, 1)
+	c.atZero, c.gatesNow = map[svcKey]struct{}{}, make(chan struct{}, 1)
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {

@@ -206,15 +206,15 @@ func (c *Controller) sliceChanged(obj any) {
 	}
 	n := c.readyEndpoints(s.Namespace, svc)
 	k := svcKey{s.Namespace, svc}
-	c.readyMu.Lock()
-	was, known := c.ready[k]
+	c.atZeroMu.Lock()
+	_, wasZero := c.atZero[k]
 	if n == 0 {
-		c.ready[k] = 0
+		c.atZero[k] = struct{}{}
 	} else {
-		delete(c.ready, k) // only services at zero are remembered
+		delete(c.atZero, k)
 	}
-	c.readyMu.Unlock()
-	if n > 0 && known && was == 0 {
+	c.atZeroMu.Unlock()
+	if n > 0 && wasZero {
 		select {
 		case c.gatesNow <- struct{}{}:
 		default:

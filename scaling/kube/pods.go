@@ -66,14 +66,24 @@ func (c *Controller) selectPods(ns string, ls *metav1.LabelSelector, sel labels.
 	return out
 }
 
-// podsOf returns the pods the Deployment's selector matches (none for a
-// missing, invalid or empty selector).
-func (c *Controller) podsOf(dep *appsv1.Deployment) []*corev1.Pod {
+// selectorOf returns the Deployment's pod selector, or nil for a missing,
+// invalid or empty one (which selects no pod here).
+func selectorOf(dep *appsv1.Deployment) labels.Selector {
 	if dep.Spec.Selector == nil {
 		return nil
 	}
 	sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector)
 	if err != nil || sel.Empty() {
+		return nil
+	}
+	return sel
+}
+
+// podsOf returns the pods the Deployment's selector matches (none for a
+// missing, invalid or empty selector).
+func (c *Controller) podsOf(dep *appsv1.Deployment) []*corev1.Pod {
+	sel := selectorOf(dep)
+	if sel == nil {
 		return nil
 	}
 	return c.selectPods(dep.Namespace, dep.Spec.Selector, sel)

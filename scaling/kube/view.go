@@ -105,10 +105,8 @@ func (c *Controller) isLivePodOf(v *view, w collect.Workload, pod string) bool {
 	sel, seen := v.other[w]
 	if !seen {
 		if o, ok, err := c.deployIndexer.GetByKey(w.Namespace + "/" + w.Name); err == nil && ok {
-			if d, ok := o.(*appsv1.Deployment); ok && d.Spec.Selector != nil {
-				if s, err := metav1.LabelSelectorAsSelector(d.Spec.Selector); err == nil && !s.Empty() {
-					sel = s
-				}
+			if d, ok := o.(*appsv1.Deployment); ok {
+				sel = selectorOf(d)
 			}
 		}
 		v.other[w] = sel
