@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,12 @@ const (
 	// Only the leading controller sends gates; two at once allow a leader
 	// change, and bound the documents decoded at once.
 	maxGatePutsInFlight = 2
+	// maxWakeWaitsInFlight bounds the GET /v1/gates/wake waits: one per
+	// controller replica at most is expected.
+	maxWakeWaitsInFlight = 8
+	// MaxWakeWait is the longest GET /v1/gates/wake wait, below the admin
+	// server's 30 s write timeout.
+	MaxWakeWait = 20 * time.Second
 )
 
 // Handler returns the admin HTTP handler.
@@ -100,6 +107,7 @@ func (a *Admin) Handler() http.Handler {
 			}
 			w.WriteHeader(http.StatusNoContent)
 		}))
+		mux.HandleFunc("GET /v1/gates/wake", limited(maxWakeWaitsInFlight, "too many wake waits at once", a.serveWake))
 		mux.HandleFunc("GET /v1/gates", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")
@@ -135,6 +143,44 @@ func limited(n int, busy string, h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
+}
+
+// WakeStatus is what GET /v1/gates/wake answers.
+type WakeStatus struct {
+	// Wakes counts the requests held first at a gate with no ready
+	// endpoint since the process started.
+	Wakes uint64 `json:"wakes"`
+}
+
+// serveWake answers GET /v1/gates/wake?after=N&wait=D once more than N
+// wakes happened, or after D (at most MaxWakeWait; without after: at
+// once). The leading controller waits here to wake a workload at zero as
+// soon as a request is held for it, not at its next tick.
+func (a *Admin) serveWake(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after uint64
+	wait := time.Duration(0)
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("after=%q: want a count ≥ 0", v), http.StatusBadRequest)
+			return
+		}
+		after, wait = n, MaxWakeWait
+	}
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > MaxWakeWait {
+			http.Error(w, fmt.Sprintf("wait=%q: want a duration from 0s to %v", v, MaxWakeWait), http.StatusBadRequest)
+			return
+		}
+		wait = d
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(WakeStatus{Wakes: a.Gates.WaitWake(ctx, after)})
 }
 
 // decodeGates reads a PUT /v1/gates body of at most MaxGatesBytes (413

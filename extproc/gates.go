@@ -3,6 +3,7 @@ package extproc
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -292,6 +293,13 @@ type Gates struct {
 	closed  bool
 	current *GatesDocument // the document in force (nil: none)
 	at      int64          // when it was received
+
+	wakeMu  sync.Mutex    // guards what follows; taken after a gateState's mu
+	wakeSeq uint64        // wakes so far
+	wakeCh  chan struct{} // closed and replaced at each wake
+	waitEnd chan struct{} // closed by EndWakeWaits
+	waiters atomic.Int64  // WaitWake calls waiting now
+	ended   bool
 }
 
 // gateTable is one document's gates, immutable once published.
@@ -386,7 +394,8 @@ var shedLimitNames = [numShedLimits]string{"max_in_flight", "max_held", "extproc
 // until the first Apply.
 func NewGates(o GatesOptions) *Gates {
 	g := &Gates{delay: int64(max(cmp.Or(o.ReleaseDelay, DefaultReleaseDelay), 0)), maxHeld: int64(cmp.Or(o.MaxHeld, DefaultMaxHeld)),
-		metrics: o.Metrics, log: o.Log, epoch: time.Now(), states: map[gateKey]*gateState{}}
+		metrics: o.Metrics, log: o.Log, epoch: time.Now(), states: map[gateKey]*gateState{},
+		wakeCh: make(chan struct{}), waitEnd: make(chan struct{})}
 	if g.metrics == nil {
 		g.metrics = newMetrics()
 	}
@@ -545,20 +554,67 @@ func (g *Gates) Close() {
 // Held is the number of requests in a hold queue now.
 func (g *Gates) Held() int64 { return g.held.Load() }
 
+// wake records that a gate with no ready endpoint holds its first
+// request: the controller's WaitWake returns, so that it wakes the
+// workload at once instead of at its next tick.
+func (g *Gates) wake() {
+	g.wakeMu.Lock()
+	g.wakeSeq++
+	close(g.wakeCh)
+	g.wakeCh = make(chan struct{})
+	g.wakeMu.Unlock()
+}
+
+// WaitWake returns the number of wakes so far (a request held first at a
+// gate with no ready endpoint) once it is above after, or when ctx is
+// done, whichever comes first.
+func (g *Gates) WaitWake(ctx context.Context, after uint64) uint64 {
+	g.wakeMu.Lock()
+	seq, ch := g.wakeSeq, g.wakeCh
+	g.wakeMu.Unlock()
+	if seq > after {
+		return seq
+	}
+	g.waiters.Add(1)
+	defer g.waiters.Add(-1)
+	select {
+	case <-ctx.Done():
+	case <-ch:
+	case <-g.waitEnd:
+	}
+	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
+	return g.wakeSeq
+}
+
+// EndWakeWaits answers every WaitWake, now and later, at once: the admin
+// server is shutting down and must not wait for them.
+func (g *Gates) EndWakeWaits() {
+	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
+	if !g.ended {
+		g.ended = true
+		close(g.waitEnd)
+	}
+}
+
 // GatesStatus is what GET /v1/gates answers: the document in force, if
 // any, and how old it is.
 type GatesStatus struct {
-	InForce    bool           `json:"in_force"`
-	AgeSeconds float64        `json:"age_seconds,omitempty"`
-	Held       int64          `json:"held"`
-	Document   *GatesDocument `json:"document,omitempty"`
+	InForce    bool    `json:"in_force"`
+	AgeSeconds float64 `json:"age_seconds,omitempty"`
+	Held       int64   `json:"held"`
+	// WakeWaiters is how many GET /v1/gates/wake waits are open (the
+	// leading controller keeps one).
+	WakeWaiters int64          `json:"wake_waiters"`
+	Document    *GatesDocument `json:"document,omitempty"`
 }
 
 // Status returns the document in force and its age.
 func (g *Gates) Status() GatesStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	s := GatesStatus{InForce: g.current != nil, Held: g.held.Load(), Document: g.current}
+	s := GatesStatus{InForce: g.current != nil, Held: g.held.Load(), WakeWaiters: g.waiters.Load(), Document: g.current}
 	if g.current != nil {
 		s.AgeSeconds = time.Duration(g.now() - g.at).Seconds()
 	}
@@ -743,6 +799,9 @@ func (st *gateState) admitSlow() (admission, verdict) {
 	}
 	h := &holdTicket{timeout: c.holdTimeout, released: make(chan struct{})}
 	st.push(h)
+	if c.ready == 0 && st.queued == 1 {
+		g.wake()
+	}
 	st.active.Add(1)
 	st.pump(now, releaseNoGate)
 	return admission{st: st, ticket: h}, admitHold

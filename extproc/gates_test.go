@@ -255,3 +255,67 @@ func TestTrackerHeldCounts(t *testing.T) {
 		t.Fatalf("%+v", rec.TargetRecord)
 	}
 }
+
+// GET /v1/gates/wake answers a waiting controller as soon as a gate with no
+// ready endpoint holds its first request (issue 12: the wake need not wait
+// for a tick); later requests held in the same queue, and requests held
+// behind ready endpoints, are no new wake.
+func TestWakeWait(t *testing.T) {
+	g := NewGates(GatesOptions{})
+	t.Cleanup(g.Close)
+	if err := g.Apply(gatesDoc(holdGate("llama", 0))); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer((&Admin{Tracker: NewTracker(TrackerOptions{}), Gates: g}).Handler())
+	t.Cleanup(srv.Close)
+	get := func(query string) (int, WakeStatus) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/v1/gates/wake" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		var s WakeStatus
+		if resp.StatusCode == http.StatusOK {
+			if err := json.Unmarshal([]byte(body), &s); err != nil {
+				t.Fatalf("%s: %v", body, err)
+			}
+		}
+		return resp.StatusCode, s
+	}
+	if code, s := get(""); code != http.StatusOK || s.Wakes != 0 {
+		t.Fatalf("without after: %d %+v, want 200 and 0 wakes at once", code, s)
+	}
+	hold := func(svc string) admission {
+		a, v := g.admit(mesh.Target{Namespace: "models", Service: svc}, mesh.ReasonNone)
+		if v != admitHold {
+			t.Fatalf("%s: verdict %d, want hold", svc, v)
+		}
+		return a
+	}
+	done := make(chan WakeStatus)
+	go func() {
+		_, s := get("?after=0&wait=20s")
+		done <- s
+	}()
+	a1 := hold("llama")
+	defer a1.leave()
+	if s := <-done; s.Wakes != 1 {
+		t.Fatalf("after the first held request: %+v, want 1 wake", s)
+	}
+	a2 := hold("llama")
+	defer a2.leave()
+	if err := g.Apply(gatesDoc(holdGate("llama", 1))); err != nil {
+		t.Fatal(err)
+	}
+	a3 := hold("llama") // held for the release delay (1 s), behind a ready endpoint
+	defer a3.leave()
+	if _, s := get("?after=1&wait=50ms"); s.Wakes != 1 {
+		t.Fatalf("a second held request in the queue, or one behind a ready endpoint: %+v, want still 1", s)
+	}
+	for _, q := range []string{"?after=-1", "?after=x", "?wait=1h", "?wait=-1s", "?wait=soon"} {
+		if code, _ := get(q); code != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", q, code)
+		}
+	}
+}

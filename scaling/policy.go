@@ -208,6 +208,13 @@ const StaleAfter = 3 * time.Second
 // serviceMemory is how long the learned service time remembers.
 const serviceMemory = 600.0 // s
 
+// serviceProof is how many completions the learned service time must be
+// the mean of before the cold-start cap sizes with it: with durations as
+// varied as LLM answers (a coefficient of variation near 1) the mean of 30
+// is within ±18 % (one sigma). A handful of short answers after an idle
+// start once made the cap think one replica serves ten times what it does.
+const serviceProof = 30
+
 // alignEvery is how often the forecast's alignment is estimated again.
 const alignEvery = 30 * time.Second
 
@@ -259,6 +266,10 @@ type Autoscaler struct {
 	serviceTime float64
 	perReplica  float64
 	batchSeen   float64
+	// serviceWeight is the decayed count of completions serviceTime is
+	// the mean of, at serviceAt; serviceCount counts them all.
+	serviceWeight, serviceCount float64
+	serviceAt                   time.Time
 	// downDelay is the scale-down delay in force (ScaleDownDelay resolved
 	// against the cold-start lead).
 	downDelay time.Duration
@@ -354,13 +365,16 @@ func (a *Autoscaler) Observe(o Observation) {
 	b := a.batch()
 	if !s.partial && o.MeanDuration > 0 && o.Completions > 0 && o.Ready > 0 && o.InFlight <= float64(o.Ready)*float64(b) {
 		d := o.MeanDuration.Seconds()
-		if a.serviceTime == 0 {
-			a.serviceTime = d
-		}
-		// A mean of ten minutes: the mean duration of the last minute's
+		// The mean of every completion, each weighted by exp(−age /
+		// ten minutes): the mean duration of the last minute's
 		// completions swings by a quarter with the token mix of a few
-		// hundred requests.
-		a.serviceTime += (1 - math.Exp(-dt/serviceMemory)) * (d - a.serviceTime)
+		// hundred requests, and the first few (a single short answer
+		// after an idle start) must not stand for the service time until
+		// ten minutes have passed.
+		a.serviceWeight = a.serviceWeight*math.Exp(-o.Time.Sub(a.serviceAt).Seconds()/serviceMemory) + o.Completions
+		a.serviceAt = o.Time
+		a.serviceCount += o.Completions
+		a.serviceTime += o.Completions / a.serviceWeight * (d - a.serviceTime)
 		if d <= 1.15*a.serviceTime {
 			// No queueing: a replica served this many at once.
 			a.batchSeen = math.Max(a.batchSeen, math.Floor(s.conc/float64(o.Ready)))
@@ -590,7 +604,10 @@ func (a *Autoscaler) stats(now time.Time) windowStats {
 //  6. cold-start awareness: while replicas are starting, a scale-up is
 //     capped at what the observed arrival rate and the per-replica
 //     throughput need (plus draining the backlog over one cold start),
-//     never below the replicas already requested;
+//     never below the replicas already requested. The throughput is
+//     measured (saturated replicas' completions), or the batch over a
+//     service time learned from at least serviceProof completions; with
+//     neither there is no cap;
 //  7. forecast: with a full ForecastPeriod of history, the arrivals of one
 //     period ago over the next two cold starts are sized for like the
 //     arrivals now (the forecast is not capped by 6: it asks ahead of a
@@ -792,8 +809,8 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 			a.perReplica = ws.perReplica
 		}
 		perReplica := a.perReplica
-		if perReplica == 0 && svc > 0 {
-			perReplica = capacity / svc // a replica at capacity serves capacity/S req/s
+		if perReplica == 0 && a.serviceCount >= serviceProof {
+			perReplica = capacity / a.serviceTime // a replica at capacity serves capacity/S req/s
 		}
 		if perReplica > 0 {
 			L := lead.Seconds()

@@ -317,6 +317,49 @@ func TestColdStartUsesLearnedServiceTime(t *testing.T) {
 	}
 }
 
+func TestServiceTimeIsTheMeanOfCompletions(t *testing.T) {
+	// After an idle start the first completion is one short answer
+	// (0.1 s); then 30 completions of 6 s each, at 1 per second. The
+	// learned service time is the mean over the completions (≈ 5.8 s),
+	// not the first answer decayed over ten minutes (≈ 0.4 s).
+	base := Features{}.Without(Trend).Without(Stabilization)
+	a := NewAutoscaler(cfg4(), base, t0)
+	d, now := drive(a, t0, 1, func(int) load {
+		return load{conc: 1, inFlight: 0, arr: 1, comp: 1, ready: 1, requested: 1, meanDur: 100 * time.Millisecond}
+	})
+	if d.ServiceTime != 0.1 {
+		t.Fatalf("after one completion: %.3f s, want 0.1", d.ServiceTime)
+	}
+	d, _ = drive(a, now, 30, func(int) load {
+		return load{conc: 3, inFlight: 3, arr: 0.5, comp: 1, ready: 1, requested: 1, meanDur: 6 * time.Second}
+	})
+	if d.ServiceTime < 5.6 || d.ServiceTime > 6 {
+		t.Fatalf("after 30 more of 6 s: %.3f s, want ≈ 5.8", d.ServiceTime)
+	}
+}
+
+func TestColdStartCapNeedsAProvenServiceTime(t *testing.T) {
+	// An idle start, then five short answers (0.03 s each) before a
+	// burst of 120 req/s onto the one ready replica. Five completions do
+	// not prove a service time: the cap, which would size for 5/0.03 =
+	// 167 req/s per replica and hold at 1 replica, stays out of the
+	// burst's way (100 in flight at target 5: 20 replicas). The gateway-
+	// only demo was held at 2 replicas with 1,000+ in flight this way.
+	base := Features{}.Without(Trend).Without(Stabilization)
+	c := cfg4()
+	c.Target = 5
+	a := NewAutoscaler(c, base, t0)
+	_, now := drive(a, t0, 5, func(int) load {
+		return load{conc: 0.2, inFlight: 0, arr: 1, comp: 1, ready: 1, requested: 1, meanDur: 30 * time.Millisecond}
+	})
+	d, _ := drive(a, now, 1, func(int) load {
+		return load{conc: 60, inFlight: 100, arr: 120, comp: 8, ready: 1, requested: 1, meanDur: 3 * time.Second}
+	})
+	if d.Desired != 20 {
+		t.Fatalf("got %d (%s), want 20", d.Desired, d.Reason)
+	}
+}
+
 func TestStabilization(t *testing.T) {
 	base := Features{}.Without(Trend).Without(Burst)
 	cases := []struct {

@@ -146,6 +146,7 @@ func newApp(ctx context.Context, opts Options, log *zap.Logger) (*app, error) {
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,
 	}
+	a.http.RegisterOnShutdown(a.gates.EndWakeWaits) // a controller's long wait must not delay the exit
 
 	lis, err := net.Listen("tcp", opts.GRPCListen)
 	if err != nil {

@@ -69,8 +69,11 @@ type Controller struct {
 	atZeroMu sync.Mutex
 	atZero   map[svcKey]struct{}
 	gatesNow chan struct{}
-	synced   []cache.InformerSynced
-	hpa      hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
+	// wakeNow asks the tick loop for a tick at once: an extproc replica
+	// holds a first request for a Service with no ready endpoint (wake.go).
+	wakeNow chan struct{}
+	synced  []cache.InformerSynced
+	hpa     hpaGuard // hpa.go: Deployments an HPA (KEDA's) scales
 
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
@@ -146,7 +149,7 @@ func New(cs kubernetes.Interface, opt Options, log *zap.Logger, m *Metrics) (*Co
 		return nil, err
 	}
 	c.modelSlices = msInf.Lister()
-	c.atZero, c.gatesNow = map[svcKey]struct{}{}, make(chan struct{}, 1)
+	c.atZero, c.gatesNow, c.wakeNow = map[svcKey]struct{}{}, make(chan struct{}, 1), make(chan struct{}, 1)
 	c.epFactory = informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithNamespace(opt.ExtprocNamespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {

@@ -101,6 +101,9 @@ func (c *Controller) lead(ctx, lctx context.Context) {
 	t := c.newTerm()
 	tk := c.opt.Clock.NewTicker(c.opt.Tick)
 	defer tk.Stop()
+	wctx, stopWaits := context.WithCancel(lctx)
+	defer stopWaits()
+	go c.watchWakes(wctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -111,6 +114,9 @@ func (c *Controller) lead(ctx, lctx context.Context) {
 			c.tick(lctx, t)
 		case <-c.gatesNow:
 			c.pushGatesNow(lctx, t)
+		case <-c.wakeNow:
+			c.m.wakeTicks.Inc()
+			c.tick(lctx, t)
 		}
 	}
 }

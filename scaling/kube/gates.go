@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -54,6 +55,7 @@ func releasePerEndpoint(st *wstate) float64 {
 // inflight does not manage is never held: that one may serve it.
 func (c *Controller) gates(t *term, v *view) []extproc.Gate {
 	var out []extproc.Gate
+	now := c.opt.Clock.Now()
 	named := map[collect.Workload]bool{}
 	type nsKey = string
 	svcs := map[nsKey][]*corev1.Service{}
@@ -72,7 +74,7 @@ func (c *Controller) gates(t *term, v *view) []extproc.Gate {
 	sort.Strings(nss)
 	for _, ns := range nss {
 		for _, svc := range svcs[ns] {
-			g, ok := c.serviceGate(t, v, svc)
+			g, ok := c.serviceGate(t, v, svc, now)
 			if !ok {
 				continue
 			}
@@ -96,7 +98,7 @@ func (c *Controller) gates(t *term, v *view) []extproc.Gate {
 }
 
 // serviceGate is one Service's entry; ok is false when it needs none.
-func (c *Controller) serviceGate(t *term, v *view, svc *corev1.Service) (extproc.Gate, bool) {
+func (c *Controller) serviceGate(t *term, v *view, svc *corev1.Service, now time.Time) (extproc.Gate, bool) {
 	g := extproc.Gate{Namespace: svc.Namespace, Service: svc.Name}
 	var managed []collect.Workload
 	unmanaged, shed := false, true
@@ -108,13 +110,7 @@ func (c *Controller) serviceGate(t *term, v *view, svc *corev1.Service) (extproc
 			continue
 		}
 		managed = append(managed, w)
-		requested := int32(1)
-		if b.dep.Spec.Replicas != nil {
-			requested = *b.dep.Spec.Replicas
-		}
-		if st.written != 0 || !st.writtenT.IsZero() {
-			requested = st.written // our last write: the informer may lag
-		}
+		requested := c.requested(b.dep, st, now)
 		if st.cfg.MinReplicas == 0 || requested == 0 {
 			g.Hold = true
 		}

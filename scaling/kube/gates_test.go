@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
@@ -109,5 +110,37 @@ func TestGatesPushedToEveryExtproc(t *testing.T) {
 	})
 	if got := r.metric(t, "inflight_controller_gates_immediate_total", nil); got < 1 {
 		t.Errorf("gates_immediate_total = %v, want ≥ 1", got)
+	}
+}
+
+// The gate table and the tick read a workload's requested replicas by one
+// rule: our own last write while the informer may lag (5 ticks + 5 s), then
+// the informer's spec.replicas, so a scale made by someone else (kubectl
+// scale to 0) counts in the gate too (it used to trust our write forever).
+func TestRequestedReplicasRule(t *testing.T) {
+	c := &Controller{opt: Options{Tick: time.Second}}
+	dep := func(r *int32) *appsv1.Deployment { return &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Replicas: r}} }
+	now := time.Now()
+	cases := []struct {
+		name    string
+		spec    *int32
+		written int32
+		ago     time.Duration // since our write; 0: never written
+		want    int32
+	}{
+		{"unset spec.replicas is 1", nil, 0, 0, 1},
+		{"never written: the informer's", ptr.To(int32(3)), 0, 0, 3},
+		{"our write, informer behind", ptr.To(int32(0)), 2, 9 * time.Second, 2},
+		{"our write, informer caught up", ptr.To(int32(2)), 2, time.Second, 2},
+		{"after 5 ticks + 5 s the informer's (scaled by someone else)", ptr.To(int32(0)), 2, 11 * time.Second, 0},
+	}
+	for _, tc := range cases {
+		st := &wstate{written: tc.written}
+		if tc.ago > 0 {
+			st.writtenT = now.Add(-tc.ago)
+		}
+		if got := c.requested(dep(tc.spec), st, now); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
 	}
 }

@@ -32,7 +32,7 @@ type Metrics struct {
 	unmapped                           prometheus.Gauge
 	gates                              prometheus.Gauge // gates.go
 	gatesPushes                        *prometheus.CounterVec
-	gatesImmediate                     prometheus.Counter
+	gatesImmediate, wakeTicks          prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -89,13 +89,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gates_pushes_total", Help: "Gate tables sent to an extproc replica, by result (ok; timeout, connect, http-status: not taken; invalid: not sent, a controller bug). A failure is never fatal: the extproc fails open when its table expires."}, []string{"result"}),
 		gatesImmediate: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
 			Name: "gates_immediate_total", Help: "Gate pushes between ticks because a model Service's ready endpoints went from 0 to more."}),
+		wakeTicks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "inflight", Subsystem: "controller",
+			Name: "wake_ticks_total", Help: "Ticks run at once, between ticks, because an extproc replica held the first request for a Service with no ready endpoint (GET /v1/gates/wake)."}),
 	}
 	reg.MustRegister(m.desired, m.current, m.ready, m.starting, m.inFlight, m.concurrency,
 		m.stable, m.panicDemand, m.trend, m.panicG, m.configInvalid, m.invalidConfigs,
 		m.target, m.minReplicas, m.maxReplicas, m.coldStart,
 		m.decisions, m.scaleWrites, m.scaleConflicts, m.scrapeErrors, m.scrapeDuration,
 		m.tickDuration, m.partial, m.unattributed, m.endpoints, m.leader,
-		m.gates, m.gatesPushes, m.gatesImmediate, m.unmapped)
+		m.gates, m.gatesPushes, m.gatesImmediate, m.wakeTicks, m.unmapped)
 	m.skipped = skippedMetric(reg)
 	return m
 }

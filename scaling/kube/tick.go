@@ -150,13 +150,7 @@ func (c *Controller) decide(t *term, v *view, res collect.Result, now time.Time)
 // make, or nil.
 func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods []*corev1.Pod, st *wstate, res collect.Result, now time.Time) *write {
 	ready, starting := countPods(pods, st)
-	requested := int32(1)
-	if dep.Spec.Replicas != nil {
-		requested = *dep.Spec.Replicas
-	}
-	if !st.writtenT.IsZero() && requested != st.written && now.Sub(st.writtenT) < 5*c.opt.Tick+5*time.Second {
-		requested = st.written // the informer has not caught up with our write yet
-	}
+	requested := c.requested(dep, st, now)
 	s := res.Workloads[w]
 	// The collector's in-flight includes the held requests; the policy
 	// takes them apart.
@@ -173,6 +167,21 @@ func (c *Controller) decideOne(w collect.Workload, dep *appsv1.Deployment, pods 
 		return nil
 	}
 	return &write{w: w, dep: dep, st: st, obs: obs, d: d, from: requested, to: d.Desired}
+}
+
+// requested is the workload's spec.replicas as the informer has it (1 when
+// unset), or our own last write while the informer may not have caught up
+// with it (5 ticks + 5 s). After that the informer's value stands, so a
+// scale made by someone else counts.
+func (c *Controller) requested(dep *appsv1.Deployment, st *wstate, now time.Time) int32 {
+	requested := int32(1)
+	if dep.Spec.Replicas != nil {
+		requested = *dep.Spec.Replicas
+	}
+	if !st.writtenT.IsZero() && requested != st.written && now.Sub(st.writtenT) < 5*c.opt.Tick+5*time.Second {
+		requested = st.written
+	}
+	return requested
 }
 
 // pushGatesNow pushes the gates between ticks, when a model Service's ready

@@ -82,6 +82,10 @@ func (d *demo) annotations() map[string]string {
 	}
 	if d.gateway() {
 		ann[p+scaling.AnnHoldTimeout] = comp(scaling.DefaultHoldTimeout, time.Second)
+		// The gate releases a held queue concurrency requests per ready
+		// endpoint (else target): the GPU's batch, so that a queue held
+		// at the gateway never leaves batch slots empty.
+		ann[p+scaling.AnnConcurrency] = fmt.Sprint(d.model.Batch)
 	}
 	return ann
 }

@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -126,6 +129,15 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 		t.Fatal("the extproc never got a gate table holding Service zero")
 	}
 
+	// The leading controller waits on the extproc for a wake (GET
+	// /v1/gates/wake), so the held request wakes the workload at once.
+	if err := stack.Poll(ctx, 30*time.Second, 50*time.Millisecond, func() bool {
+		var gs extproc.GatesStatus
+		return stack.GetJSON(ctx, "http://"+ep.Admin+"/v1/gates", &gs) == nil && gs.WakeWaiters >= 1
+	}); err != nil {
+		t.Fatal("no controller waits on the extproc for a wake")
+	}
+
 	// Zero → held → ready → answered.
 	sent := time.Now()
 	first := send("zero", zeroEDS, 100*time.Millisecond)
@@ -168,6 +180,9 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 	}
 	if !woke {
 		t.Errorf("no ScaledUp Event on zero with the wake cause (%q)", scaling.CauseWake.Message())
+	}
+	if n := counter(ctx, t, "http://"+waitLeader(ctx, t, st, nil, 30*time.Second).Admin+"/metrics", "inflight_controller_wake_ticks_total"); n < 1 {
+		t.Errorf("inflight_controller_wake_ticks_total = %v: the held request did not ask for a tick at once", n)
 	}
 
 	// Hold timeout → 503 with Retry-After.
@@ -356,4 +371,30 @@ func replicasOf(ctx context.Context, t *testing.T, st *stack.Stack, name string)
 		t.Fatal(err)
 	}
 	return *d.Spec.Replicas
+}
+
+// counter reads one unlabelled counter from a Prometheus text page.
+func counter(ctx context.Context, t *testing.T, url, name string) float64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", name, v, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s: not on %s (%v)", name, url, sc.Err())
+	return 0
 }
