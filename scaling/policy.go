@@ -266,10 +266,9 @@ type Autoscaler struct {
 	serviceTime float64
 	perReplica  float64
 	batchSeen   float64
-	// serviceWeight is the decayed count of completions serviceTime is
-	// the mean of, at serviceAt; serviceCount counts them all.
+	// serviceWeight is the decayed time serviceTime is the mean over;
+	// serviceCount counts the completions it saw.
 	serviceWeight, serviceCount float64
-	serviceAt                   time.Time
 	// downDelay is the scale-down delay in force (ScaleDownDelay resolved
 	// against the cold-start lead).
 	downDelay time.Duration
@@ -282,8 +281,9 @@ type Autoscaler struct {
 	// a day), for the idle period.
 	lastArrival time.Time
 	gaps        [gapBuckets]float64
-	// lastBusy is when there were last arrivals or requests in flight.
-	lastBusy time.Time
+	// lastBusy is when there were last arrivals or requests in flight;
+	// lastQueued when in-flight last exceeded the ready batch slots.
+	lastBusy, lastQueued time.Time
 	// late is how late this forecast period runs against the last one,
 	// when aligned says the two line up (estimated every alignEvery, at
 	// alignedAt).
@@ -363,18 +363,26 @@ func (a *Autoscaler) Observe(o Observation) {
 	}
 	a.last, a.haveLast = o, true
 	b := a.batch()
-	if !s.partial && o.MeanDuration > 0 && o.Completions > 0 && o.Ready > 0 && o.InFlight <= float64(o.Ready)*float64(b) {
+	queued := o.InFlight > float64(o.Ready)*float64(b)
+	if queued {
+		a.lastQueued = o.Time
+	}
+	// The completions of this interval started about MeanDuration ago:
+	// they measure the service time only if nothing queued since then (a
+	// burst's last requests complete once the queue is gone, but waited in
+	// it).
+	if !s.partial && o.MeanDuration > 0 && o.Completions > 0 && o.Ready > 0 && !queued && o.Time.Sub(a.lastQueued) >= o.MeanDuration {
 		d := o.MeanDuration.Seconds()
-		// The mean of every completion, each weighted by exp(−age /
-		// ten minutes): the mean duration of the last minute's
-		// completions swings by a quarter with the token mix of a few
-		// hundred requests, and the first few (a single short answer
-		// after an idle start) must not stand for the service time until
-		// ten minutes have passed.
-		a.serviceWeight = a.serviceWeight*math.Exp(-o.Time.Sub(a.serviceAt).Seconds()/serviceMemory) + o.Completions
-		a.serviceAt = o.Time
+		// A mean of ten minutes of such intervals: the mean duration of
+		// the last minute's completions swings by a quarter with the token
+		// mix of a few hundred requests. An exponential mean over the
+		// intervals, corrected for its start (each weighs its length over
+		// the decayed length so far), so that the first interval, a single
+		// short answer after an idle start, does not stand for the service
+		// time for ten minutes.
+		a.serviceWeight = a.serviceWeight*math.Exp(-dt/serviceMemory) + dt
 		a.serviceCount += o.Completions
-		a.serviceTime += o.Completions / a.serviceWeight * (d - a.serviceTime)
+		a.serviceTime += dt / a.serviceWeight * (d - a.serviceTime)
 		if d <= 1.15*a.serviceTime {
 			// No queueing: a replica served this many at once.
 			a.batchSeen = math.Max(a.batchSeen, math.Floor(s.conc/float64(o.Ready)))

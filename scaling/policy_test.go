@@ -317,11 +317,11 @@ func TestColdStartUsesLearnedServiceTime(t *testing.T) {
 	}
 }
 
-func TestServiceTimeIsTheMeanOfCompletions(t *testing.T) {
+func TestServiceTimeIsNotTheFirstInterval(t *testing.T) {
 	// After an idle start the first completion is one short answer
-	// (0.1 s); then 30 completions of 6 s each, at 1 per second. The
-	// learned service time is the mean over the completions (≈ 5.8 s),
-	// not the first answer decayed over ten minutes (≈ 0.4 s).
+	// (0.1 s); then 30 s of 6 s completions. The learned service time is
+	// the time-weighted mean of the intervals (≈ 5.8 s), not the first
+	// answer decayed over ten minutes (≈ 0.4 s).
 	base := Features{}.Without(Trend).Without(Stabilization)
 	a := NewAutoscaler(cfg4(), base, t0)
 	d, now := drive(a, t0, 1, func(int) load {
@@ -335,6 +335,34 @@ func TestServiceTimeIsTheMeanOfCompletions(t *testing.T) {
 	})
 	if d.ServiceTime < 5.6 || d.ServiceTime > 6 {
 		t.Fatalf("after 30 more of 6 s: %.3f s, want ≈ 5.8", d.ServiceTime)
+	}
+}
+
+func TestServiceTimeSkipsQueueWaits(t *testing.T) {
+	// 6 s answers without a queue; then a queue (12 in flight on one
+	// replica of target 4) drains, and the next seconds' completions,
+	// which waited in it, last 40 s on average although in-flight is
+	// back under the batch: they started in the queue, so they do not
+	// count, and the service time stays 6 s. 60 s later they count again.
+	base := Features{}.Without(Trend).Without(Stabilization)
+	a := NewAutoscaler(cfg4(), base, t0)
+	_, now := drive(a, t0, 120, func(int) load {
+		return load{conc: 3, inFlight: 3, arr: 0.5, comp: 0.5, ready: 1, requested: 1, meanDur: 6 * time.Second}
+	})
+	_, now = drive(a, now, 10, func(int) load {
+		return load{conc: 12, inFlight: 12, arr: 0.5, comp: 0.5, ready: 1, requested: 1, meanDur: 6 * time.Second}
+	})
+	d, now := drive(a, now, 30, func(int) load {
+		return load{conc: 3, inFlight: 3, arr: 0.5, comp: 0.5, ready: 1, requested: 1, meanDur: 40 * time.Second}
+	})
+	if math.Abs(d.ServiceTime-6) > 0.01 {
+		t.Fatalf("after the queue: %.2f s, want 6 (queue waits are not service)", d.ServiceTime)
+	}
+	d, _ = drive(a, now, 30, func(int) load {
+		return load{conc: 3, inFlight: 3, arr: 0.5, comp: 0.5, ready: 1, requested: 1, meanDur: 7 * time.Second}
+	})
+	if d.ServiceTime <= 6.01 {
+		t.Fatalf("60 s after the queue: %.2f s, want above 6 (counting again)", d.ServiceTime)
 	}
 }
 
