@@ -274,7 +274,7 @@ func RunWarm(m Model, warm, tr Trace, p Policy, initial int) Result {
 			for s := t; s < t+30 && s < len(env.OfferedMax); s++ {
 				hi = math.Max(hi, env.OfferedMax[s])
 			}
-			warmNeed[t] = max(1, int(math.Ceil(hi/float64(m.Batch)-1e-9)))
+			warmNeed[t] = max(1, m.replicas(hi))
 		}
 		e.setReady(warmNeed[0])
 	} else {
