@@ -20,6 +20,7 @@ type Env struct {
 	// (the demand, in requests; divide by Batch for replicas).
 	OfferedMean, OfferedMax []float64
 	warmMean                []float64
+	warmNeed                []int // per second of Warmup (see warmNeeds)
 }
 
 // NewEnv computes the offered load of tr under m.
@@ -31,7 +32,9 @@ func NewEnv(m Model, tr Trace, maxReplicas int) Env {
 // WithWarmup returns e with the warm-up trace set.
 func (e Env) WithWarmup(w Trace) Env {
 	e.Warmup = w
-	e.warmMean, _ = offered(e.Model, w)
+	var peak []float64
+	e.warmMean, peak = offered(e.Model, w)
+	e.warmNeed = warmNeeds(e.Model, peak)
 	return e
 }
 
