@@ -17,7 +17,7 @@ type Metrics struct {
 	maxHeld      atomic.Int64 // the gates' cap on held requests
 	epoch        time.Time
 	now          func() time.Time          // the clock of gates_age_seconds
-	gatesAt      atomic.Pointer[time.Time] // when the gates in force were received
+	gatesAt      atomic.Pointer[time.Time] // when the last gate table was accepted (nil: none yet)
 	gatesEntries atomic.Int64              // entries of the gates in force (0: none)
 
 	streamsActive prometheus.GaugeFunc
@@ -105,12 +105,7 @@ func newMetrics() *Metrics {
 	m.gatesAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "inflight_extproc_gates_age_seconds",
 		Help: "Seconds since the last accepted PUT /v1/gates (since the process started if none was).",
-	}, func() float64 {
-		if t := m.gatesAt.Load(); t != nil {
-			return m.now().Sub(*t).Seconds()
-		}
-		return m.now().Sub(m.epoch).Seconds()
-	})
+	}, m.gatesAgeSeconds)
 	m.gatesGauge = gaugeOf(&m.gatesEntries, "inflight_extproc_gates",
 		"Entries of the gate table in force; 0 when none is (never received, expired or shutting down).")
 	m.heldGauge = gaugeOf(&m.held, "inflight_extproc_held_requests",
@@ -139,6 +134,16 @@ func newMetrics() *Metrics {
 	m.overLimit[overUntracked] = m.overLimitVec.WithLabelValues("untracked")
 	m.overLimit[overNotRead] = m.overLimitVec.WithLabelValues("not_read")
 	return m
+}
+
+// gatesAgeSeconds is the seconds since the last accepted gate table, or
+// since the metrics were made if none was: gates_age_seconds, and the age
+// GET /v1/gates reports.
+func (m *Metrics) gatesAgeSeconds() float64 {
+	if t := m.gatesAt.Load(); t != nil {
+		return m.now().Sub(*t).Seconds()
+	}
+	return m.now().Sub(m.epoch).Seconds()
 }
 
 // gaugeOf is a gauge that reads v at scrape time.
