@@ -291,8 +291,7 @@ type Gates struct {
 	gen     uint64 // Apply and expiry generation
 	expiry  *time.Timer
 	closed  bool
-	current *GatesDocument // the document in force (nil: none)
-	at      int64          // when it was received
+	current *GatesDocument // the document in force (nil: none); when it was received: metrics.gatesAt
 
 	wakeMu  sync.Mutex    // guards what follows; taken after a gateState's mu
 	wakeSeq uint64        // wakes so far
@@ -443,7 +442,7 @@ func (g *Gates) Apply(doc *GatesDocument) error {
 	if g.current == nil || g.current.Controller != doc.Controller {
 		g.log.Info("gates: document accepted", zap.String("controller", doc.Controller), zap.Int("gates", len(doc.Gates)))
 	}
-	g.current, g.at = doc, now
+	g.current = doc
 	if g.expiry != nil {
 		g.expiry.Stop()
 	}
@@ -616,7 +615,7 @@ func (g *Gates) Status() GatesStatus {
 	defer g.mu.Unlock()
 	s := GatesStatus{InForce: g.current != nil, Held: g.held.Load(), WakeWaiters: g.waiters.Load(), Document: g.current}
 	if g.current != nil {
-		s.AgeSeconds = time.Duration(g.now() - g.at).Seconds()
+		s.AgeSeconds = g.metrics.gatesAgeSeconds()
 	}
 	return s
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -185,6 +186,32 @@ func TestPutGates(t *testing.T) {
 	g.Close()
 	if code, _ := put(issueDoc); code != http.StatusServiceUnavailable {
 		t.Fatalf("PUT after Close: %d, want 503", code)
+	}
+}
+
+// GET /v1/gates and gates_age_seconds tell the age of the table in force
+// from the one time it was accepted.
+func TestGatesAge(t *testing.T) {
+	m := newMetrics()
+	g := NewGates(GatesOptions{Metrics: m})
+	defer g.Close()
+	m.now = func() time.Time { return m.epoch.Add(7 * time.Second) }
+	if s := g.Status(); s.InForce || s.AgeSeconds != 0 {
+		t.Fatalf("before any table: %+v", s)
+	}
+	if got := testutil.ToFloat64(m.gatesAge); got != 7 {
+		t.Fatalf("gates_age_seconds before any table %v, want 7 (since start)", got)
+	}
+	if err := g.Apply(gatesDoc(holdGate("llama", 0))); err != nil {
+		t.Fatal(err)
+	}
+	at := *m.gatesAt.Load()
+	m.now = func() time.Time { return at.Add(3 * time.Second) }
+	if s := g.Status(); !s.InForce || s.AgeSeconds != 3 {
+		t.Errorf("3 s after the table: %+v, want in force, age 3", s)
+	}
+	if got := testutil.ToFloat64(m.gatesAge); got != 3 {
+		t.Errorf("gates_age_seconds 3 s after the table %v, want 3", got)
 	}
 }
 

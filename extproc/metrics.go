@@ -17,7 +17,7 @@ type Metrics struct {
 	maxHeld      atomic.Int64 // the gates' cap on held requests
 	epoch        time.Time
 	now          func() time.Time          // the clock of gates_age_seconds
-	gatesAt      atomic.Pointer[time.Time] // when the gates in force were received
+	gatesAt      atomic.Pointer[time.Time] // when the last gate table was accepted (nil: none yet)
 	gatesEntries atomic.Int64              // entries of the gates in force (0: none)
 
 	streamsActive prometheus.GaugeFunc
@@ -98,35 +98,20 @@ func newMetrics() *Metrics {
 			Help: "Requests shed (429), by the limit they met: max_in_flight or max_held (the gate's, this replica's share) or extproc_max_held (--max-held).",
 		}, []string{"limit"}),
 	}
-	m.streamsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "inflight_extproc_streams_active",
-		Help: "ext_proc gRPC streams open now (including those answered at once over the cap).",
-	}, func() float64 { return float64(m.open.Load()) })
-	m.maxStreams = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "inflight_extproc_max_open_streams",
-		Help: "The open-stream cap (--max-open-streams); 0 means none.",
-	}, func() float64 { return float64(m.maxOpen.Load()) })
+	m.streamsActive = gaugeOf(&m.open, "inflight_extproc_streams_active",
+		"ext_proc gRPC streams open now (including those answered at once over the cap).")
+	m.maxStreams = gaugeOf(&m.maxOpen, "inflight_extproc_max_open_streams",
+		"The open-stream cap (--max-open-streams); 0 means none.")
 	m.gatesAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "inflight_extproc_gates_age_seconds",
 		Help: "Seconds since the last accepted PUT /v1/gates (since the process started if none was).",
-	}, func() float64 {
-		if t := m.gatesAt.Load(); t != nil {
-			return m.now().Sub(*t).Seconds()
-		}
-		return m.now().Sub(m.epoch).Seconds()
-	})
-	m.gatesGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "inflight_extproc_gates",
-		Help: "Entries of the gate table in force; 0 when none is (never received, expired or shutting down).",
-	}, func() float64 { return float64(m.gatesEntries.Load()) })
-	m.heldGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "inflight_extproc_held_requests",
-		Help: "Requests held now on this replica, all Services (per Service: inflight_extproc_held).",
-	}, func() float64 { return float64(m.held.Load()) })
-	m.maxHeldGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "inflight_extproc_max_held",
-		Help: "The cap on held requests (--max-held); beyond it a request for a Service at zero is shed.",
-	}, func() float64 { return float64(m.maxHeld.Load()) })
+	}, m.gatesAgeSeconds)
+	m.gatesGauge = gaugeOf(&m.gatesEntries, "inflight_extproc_gates",
+		"Entries of the gate table in force; 0 when none is (never received, expired or shutting down).")
+	m.heldGauge = gaugeOf(&m.held, "inflight_extproc_held_requests",
+		"Requests held now on this replica, all Services (per Service: inflight_extproc_held).")
+	m.maxHeldGauge = gaugeOf(&m.maxHeld, "inflight_extproc_max_held",
+		"The cap on held requests (--max-held); beyond it a request for a Service at zero is shed.")
 	for c := range numReleaseCauses {
 		m.releases[c] = m.releasesVec.WithLabelValues(releaseCauseNames[c])
 	}
@@ -149,6 +134,21 @@ func newMetrics() *Metrics {
 	m.overLimit[overUntracked] = m.overLimitVec.WithLabelValues("untracked")
 	m.overLimit[overNotRead] = m.overLimitVec.WithLabelValues("not_read")
 	return m
+}
+
+// gatesAgeSeconds is the seconds since the last accepted gate table, or
+// since the metrics were made if none was: gates_age_seconds, and the age
+// GET /v1/gates reports.
+func (m *Metrics) gatesAgeSeconds() float64 {
+	if t := m.gatesAt.Load(); t != nil {
+		return m.now().Sub(*t).Seconds()
+	}
+	return m.now().Sub(m.epoch).Seconds()
+}
+
+// gaugeOf is a gauge that reads v at scrape time.
+func gaugeOf(v *atomic.Int64, name, help string) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 }
 
 // NewMetrics creates the metrics and registers them, and a collector of the

@@ -296,19 +296,18 @@ func (s *Server) hold(ps extprocv3.ExternalProcessor_ProcessServer, st *stream) 
 	return true, 0, nil
 }
 
-// resolve returns the target a request is counted for, or the reason it is
-// not attributed (the target is then zero).
+// resolve returns the target a request's attributes name and, if it is not
+// attributed to it, the reason why not: the tracker (Tracker.lookup) then
+// counts it under the reason alone, whatever the target.
 func (s *Server) resolve(ctx context.Context, msg *extprocv3.ProcessingRequest) (mesh.Target, mesh.Reason) {
 	t, reason := mesh.Resolve(requestAttributes(msg))
 	if s.auth != nil {
 		caller, ok := s.auth.Caller(ctx)
 		switch {
 		case !ok:
-			return mesh.Target{}, mesh.ReasonUnauthenticated
+			reason = mesh.ReasonUnauthenticated
 		case reason == mesh.ReasonNone:
-			if reason = s.policy.Authorize(caller, t); reason != mesh.ReasonNone {
-				t = mesh.Target{}
-			}
+			reason = s.policy.Authorize(caller, t)
 		}
 	}
 	return t, reason

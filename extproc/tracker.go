@@ -278,7 +278,9 @@ func (t *target) advance(now int64) {
 }
 
 // lookup returns the live target record for a request: its own, or the
-// overflow record it falls into when a bound is reached.
+// overflow record it falls into when a bound is reached. A request with a
+// reason counts under the reason alone: the target it claims is dropped
+// here, for every caller.
 func (tr *Tracker) lookup(t mesh.Target, reason mesh.Reason) *target {
 	k := key{t, reason}
 	if reason != mesh.ReasonNone {

@@ -725,7 +725,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	steadyFor := func(s float64) int32 {
 		var r int32
 		if useTarget {
-			r = ceilReplicas(predicted * s / target)
+			r = CeilReplicas(predicted * s / target)
 		}
 		if useSLO {
 			r = max(r, ReplicasForWait(load*s/svc, svc, b, slo, sloQuantile, cfg.MaxReplicas))
@@ -762,9 +762,9 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 			a.panicking, a.panicMax = false, 0
 		}
 		if a.panicking {
-			burst = ceilReplicas(math.Max(ws.panic, inFlight) / target)
+			burst = CeilReplicas(math.Max(ws.panic, inFlight) / target)
 			if useSLO {
-				burst = max(ceilReplicas(inFlight/float64(b)),
+				burst = max(CeilReplicas(inFlight/float64(b)),
 					ReplicasForWait(h*math.Max(lambda, math.Max(ws.arrRate, ws.leadRate)), svc, b, slo, sloQuantile, cfg.MaxReplicas))
 			}
 			if burst > reactive {
@@ -826,9 +826,9 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 			starting := math.Max(0, float64(max(cur, o.Ready+o.Starting))-ready)
 			backlog := math.Max(0, inFlight-ready*capacity)
 			atL := math.Max(0, backlog+(ws.arrRate-ready*perReplica)*L-starting*perReplica*L/2)
-			need := ceilReplicas((ws.arrRate*1.1 + atL/L) / perReplica)
+			need := CeilReplicas((ws.arrRate*1.1 + atL/L) / perReplica)
 			if useSLO {
-				need = max(need, ReplicasForWait(h*ws.arrRate, svc, b, slo, sloQuantile, cfg.MaxReplicas)+ceilReplicas(atL/L/perReplica))
+				need = max(need, ReplicasForWait(h*ws.arrRate, svc, b, slo, sloQuantile, cfg.MaxReplicas)+CeilReplicas(atL/L/perReplica))
 			}
 			if reactive > max(cur, need) {
 				reactive, cause = max(cur, need), CauseColdStartCap
@@ -863,7 +863,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		if !a.season.refuted {
 			var fc int32
 			if useTarget {
-				fc = ceilReplicas(peak * svc / target)
+				fc = CeilReplicas(peak * svc / target)
 			}
 			if useSLO {
 				fc = max(fc, ReplicasForWait(h*peak, svc, b, slo, sloQuantile, cfg.MaxReplicas))
@@ -911,7 +911,7 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 		// The up cap is relative to the ready replicas: those still
 		// starting count against it, so the count grows at most ×rate per
 		// cold start, not ×rate per tick.
-		upCap := max(cur, ceilReplicas(cfg.MaxScaleUpRate*float64(max(1, o.Ready))))
+		upCap := max(cur, CeilReplicas(cfg.MaxScaleUpRate*float64(max(1, o.Ready))))
 		downFloor := int32(math.Floor(float64(cur) / cfg.MaxScaleDownRate))
 		if want > upCap {
 			want, cause = upCap, CauseRateCap
@@ -962,9 +962,10 @@ func (a *Autoscaler) Decide(now time.Time) Decision {
 	return d
 }
 
-// ceilReplicas is ceil(x) as replicas, tolerant of float noise just above
-// an integer and saturating instead of overflowing.
-func ceilReplicas(x float64) int32 {
+// CeilReplicas is ceil(x) as replicas, tolerant of float noise just above
+// an integer (up to 1e-9), 0 for x ≤ 0 or NaN, and saturating instead of
+// overflowing. The simulator's baselines round with it too.
+func CeilReplicas(x float64) int32 {
 	if !(x > 0) {
 		return 0
 	}

@@ -593,7 +593,7 @@ func TestHysteresisAtAnExactMultiple(t *testing.T) {
 	// raw recommendation alone flaps.
 	flaps, last := 0, int32(0)
 	for i := 0; i < 600; i++ {
-		w := ceilReplicas(reading(i) / 10)
+		w := CeilReplicas(reading(i) / 10)
 		if last != 0 && w != last {
 			flaps++
 		}

@@ -18,8 +18,33 @@ import (
 	"github.com/inflight-dev/inflight/scaling/collect/collecttest"
 )
 
-func newClock() *testingclock.FakeClock {
-	return testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+// rig is a fake clock and a collector with o on it.
+func rig(o collect.Options) (*testingclock.FakeClock, *collect.Collector) {
+	clk := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	o.Clock = clk
+	return clk, collect.New(o)
+}
+
+// replica is a fake extproc replica on clk, closed when the test ends.
+func replica(t *testing.T, name string, clk *testingclock.FakeClock) *collecttest.Replica {
+	t.Helper()
+	r := collecttest.NewReplica(name, clk)
+	t.Cleanup(r.Close)
+	return r
+}
+
+// serveRecord serves replica a's snapshot with *rec as it is at each read,
+// its uptime 1000 s at clk's time now; it returns the endpoint list.
+func serveRecord(t *testing.T, clk *testingclock.FakeClock, rec *extproc.TargetRecord) []collect.Endpoint {
+	t.Helper()
+	t0 := clk.Now()
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		now := clk.Now()
+		_ = json.NewEncoder(rw).Encode(extproc.Snapshot{Version: extproc.SnapshotVersion, Replica: "a", BootID: "b",
+			Time: now, UptimeSeconds: 1000 + now.Sub(t0).Seconds(), Targets: []extproc.TargetRecord{*rec}})
+	}))
+	t.Cleanup(srv.Close)
+	return []collect.Endpoint{{Key: "a", URL: srv.URL}}
 }
 
 var w = collect.Workload{Namespace: "ml", Name: "llama"}
@@ -40,12 +65,8 @@ func eps(rs ...*collecttest.Replica) []collect.Endpoint {
 }
 
 func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	b := collecttest.NewReplica("b", clk)
-	defer b.Close()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	a, b := replica(t, "a", clk), replica(t, "b", clk)
 	ctx := context.Background()
 
 	a.Start("ml", "llama", "p1", 2)
@@ -83,10 +104,8 @@ func TestSumsExactMeanConcurrencyAcrossReplicas(t *testing.T) {
 }
 
 func TestCounterResetIsNotADelta(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	a := replica(t, "a", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 50)
 	clk.Step(10 * time.Second)
@@ -113,11 +132,8 @@ func TestCounterResetIsNotADelta(t *testing.T) {
 }
 
 func TestSilentReplicaMakesPartialThenExpires(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	b := collecttest.NewReplica("b", clk)
-	c := collect.New(collect.Options{Clock: clk, Expire: 5 * time.Second})
+	clk, c := rig(collect.Options{Expire: 5 * time.Second})
+	a, b := replica(t, "a", clk), replica(t, "b", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	b.Start("ml", "llama", "p", 3)
@@ -157,15 +173,11 @@ func TestNoEndpointsIsPartial(t *testing.T) {
 }
 
 func TestRejectsOtherVersionAndBadStatus(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	b := collecttest.NewReplica("b", clk)
-	defer b.Close()
+	clk, c := rig(collect.Options{})
+	a, b := replica(t, "a", clk), replica(t, "b", clk)
 	a.SetVersion("inflight.dev/snapshot/v2")
 	b.SetStatus(http.StatusServiceUnavailable)
 	a.Start("ml", "llama", "p", 9)
-	c := collect.New(collect.Options{Clock: clk})
 	r := c.Tick(context.Background(), eps(a, b), nil, nil)
 	if !r.Partial || r.Answered != 0 || len(r.Errors) != 2 {
 		t.Fatalf("partial=%v answered=%d errors=%v", r.Partial, r.Answered, r.Errors)
@@ -244,10 +256,8 @@ func TestSkipsUnattributedTargets(t *testing.T) {
 // the interval, the global one makes every workload partial, a namespace
 // one its namespace; idle, neither does.
 func TestOverflowMakesPartialForWhatItMayHide(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	a := replica(t, "a", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	var overflow []extproc.TargetRecord
@@ -280,12 +290,8 @@ func TestOverflowMakesPartialForWhatItMayHide(t *testing.T) {
 // extprocs) keeps its last values and the tick partial for Expire: its
 // requests do not vanish from the demand at once.
 func TestVanishedReplicaStaysPartialForExpire(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	b := collecttest.NewReplica("b", clk)
-	defer b.Close()
-	c := collect.New(collect.Options{Clock: clk, Expire: 5 * time.Second})
+	clk, c := rig(collect.Options{Expire: 5 * time.Second})
+	a, b := replica(t, "a", clk), replica(t, "b", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 8)
 	b.Start("ml", "llama", "q", 9)
@@ -340,10 +346,8 @@ func TestRejectsImpossibleSnapshots(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := newClock()
-			a := collecttest.NewReplica("a", clk)
-			defer a.Close()
-			c := collect.New(collect.Options{Clock: clk})
+			clk, c := rig(collect.Options{})
+			a := replica(t, "a", clk)
 			ctx := context.Background()
 			a.Start("ml", "llama", "p", 4)
 			a.Complete("ml", "llama", "p", 1, time.Second)
@@ -386,10 +390,8 @@ func TestRejectsImpossibleSnapshots(t *testing.T) {
 // the snapshot's wall-clock time: a wall clock that steps within the
 // tolerance does not change the concurrency.
 func TestIntervalIsTheReplicasUptime(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	a := replica(t, "a", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 6)
 	c.Tick(ctx, eps(a), nil, nil)
@@ -405,17 +407,10 @@ func TestIntervalIsTheReplicasUptime(t *testing.T) {
 // A target the extproc evicted while idle and re-created (its counters
 // start again from zero) is new, not a counter going down.
 func TestEvictedAndRecreatedTargetIsNew(t *testing.T) {
-	clk := newClock()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
 	ctx := context.Background()
 	rec := extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", Started: 40, Completed: 40, BusySeconds: 80, DurationSecondsSum: 80}
-	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		now := clk.Now()
-		_ = json.NewEncoder(rw).Encode(extproc.Snapshot{Version: extproc.SnapshotVersion, Replica: "a", BootID: "b",
-			Time: now, UptimeSeconds: 1000 + now.Sub(newClock().Now()).Seconds(), Targets: []extproc.TargetRecord{rec}})
-	}))
-	defer srv.Close()
-	ep := []collect.Endpoint{{Key: "a", URL: srv.URL}}
+	ep := serveRecord(t, clk, &rec)
 	c.Tick(ctx, ep, nil, nil)
 	clk.Step(time.Second)
 	rec = extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", InFlight: 2, Started: 2, BusySeconds: 1}
@@ -431,18 +426,10 @@ func TestEvictedAndRecreatedTargetIsNew(t *testing.T) {
 // extproc evicted the idle one and made it again), even when its started
 // is not lower; a creation after the uptime is impossible.
 func TestCreationTimeMarksARecreatedTarget(t *testing.T) {
-	clk := newClock()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
 	ctx := context.Background()
-	t0 := clk.Now()
 	rec := extproc.TargetRecord{Namespace: "ml", Workload: "llama", Pod: "p", Started: 2, Completed: 2, BusySeconds: 30, DurationSecondsSum: 30, CreatedUptimeSeconds: 100}
-	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		now := clk.Now()
-		_ = json.NewEncoder(rw).Encode(extproc.Snapshot{Version: extproc.SnapshotVersion, Replica: "a", BootID: "b",
-			Time: now, UptimeSeconds: 1000 + now.Sub(t0).Seconds(), Targets: []extproc.TargetRecord{rec}})
-	}))
-	defer srv.Close()
-	ep := []collect.Endpoint{{Key: "a", URL: srv.URL}}
+	ep := serveRecord(t, clk, &rec)
 	c.Tick(ctx, ep, nil, nil)
 	clk.Step(time.Second)
 	// Re-created 0.5 s ago with 5 started, 1 in flight since then: as a
@@ -466,10 +453,8 @@ func TestCreationTimeMarksARecreatedTarget(t *testing.T) {
 // Requests the extproc answered without tracking them (its open-stream
 // cap) make their workload's counts a lower bound.
 func TestUntrackedRequestsMakeTheirWorkloadPartial(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	a := replica(t, "a", clk)
 	ctx := context.Background()
 	a.Start("ml", "llama", "p", 1)
 	a.Start("other", "x", "q", 1)

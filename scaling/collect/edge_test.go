@@ -36,10 +36,8 @@ func TestEdgeDemandCountsOnce(t *testing.T) {
 		{"both", 5, 2, 3, 3 + 2, 2, collect.SourceBoth},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := newClock()
-			a := collecttest.NewReplica("a", clk)
-			defer a.Close()
-			c := collect.New(collect.Options{Clock: clk})
+			clk, c := rig(collect.Options{})
+			a := replica(t, "a", clk)
 			if tc.edge > 0 {
 				a.StartEdge("ml", "llama", tc.edge, tc.held)
 			}
@@ -64,10 +62,8 @@ func TestEdgeDemandCountsOnce(t *testing.T) {
 // at a sidecar, and not when something does (the sidecar counts them).
 func TestEdgeArrivalsOnlyWithoutSidecar(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
-	c := collect.New(collect.Options{Clock: clk, Expire: 3 * time.Second})
+	clk, c := rig(collect.Options{Expire: 3 * time.Second})
+	a := replica(t, "a", clk)
 	c.Tick(ctx, eps(a), nil, llamaSvc)
 	clk.Step(time.Second)
 	a.StartEdge("ml", "llama", 4, 0)
@@ -135,16 +131,15 @@ func TestEdgeSharesAndUnmapped(t *testing.T) {
 // Held requests are in flight: a record holding more than it has in
 // flight is impossible and rejected.
 func TestRejectsHeldBeyondInFlight(t *testing.T) {
-	clk := newClock()
-	a := collecttest.NewReplica("a", clk)
-	defer a.Close()
+	clk, c := rig(collect.Options{})
+	a := replica(t, "a", clk)
 	a.StartEdge("ml", "llama", 2, 2)
 	a.Mutate(func(s *extproc.Snapshot) {
 		for i := range s.Targets {
 			s.Targets[i].InFlight = 1
 		}
 	})
-	r := collect.New(collect.Options{Clock: clk}).Tick(context.Background(), eps(a), nil, llamaSvc)
+	r := c.Tick(context.Background(), eps(a), nil, llamaSvc)
 	if !r.Partial || len(r.Errors) != 1 || r.Errors[0].Kind != collect.KindInvalid || !strings.Contains(r.Errors[0].Error(), "held") {
 		t.Errorf("partial %v errors %v, want one invalid snapshot naming held", r.Partial, r.Errors)
 	}

@@ -6,22 +6,31 @@ import (
 	"testing"
 	"time"
 
+	testingclock "k8s.io/utils/clock/testing"
+
 	"github.com/inflight-dev/inflight/extproc"
 	"github.com/inflight-dev/inflight/mesh"
 	"github.com/inflight-dev/inflight/scaling/collect"
 )
 
+// realExtproc serves a real tracker on clk through the extproc's admin
+// handler (/v1/snapshot on a loopback socket, closed when the test ends);
+// it returns the tracker and the endpoint list.
+func realExtproc(t *testing.T, clk *testingclock.FakeClock) (*extproc.Tracker, []collect.Endpoint) {
+	t.Helper()
+	tr := extproc.NewTracker(extproc.TrackerOptions{Now: clk.Now})
+	adm := &extproc.Admin{Tracker: tr, Replica: "extproc-0", BootID: extproc.NewBootID(), Wall: clk.Now}
+	srv := httptest.NewServer(adm.Handler())
+	t.Cleanup(srv.Close)
+	return tr, []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
+}
+
 // The collector reads the real extproc admin handler (tracker and /v1/snapshot
 // over a loopback socket), not only the fake: the contract is exercised end
 // to end, with one clock driving both sides so the numbers are exact.
 func TestReadsTheRealExtprocSnapshot(t *testing.T) {
-	clk := newClock()
-	tr := extproc.NewTracker(extproc.TrackerOptions{Now: clk.Now})
-	adm := &extproc.Admin{Tracker: tr, Replica: "extproc-0", BootID: extproc.NewBootID(), Wall: clk.Now}
-	srv := httptest.NewServer(adm.Handler())
-	defer srv.Close()
-	ep := []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	tr, ep := realExtproc(t, clk)
 	ctx := context.Background()
 
 	tg := mesh.Target{Namespace: "ml", Workload: "llama", Service: "llama", Pod: "llama-0"}
@@ -57,13 +66,8 @@ func TestReadsTheRealExtprocSnapshot(t *testing.T) {
 // once; once released they are plain in-flight; with the workload's own
 // inbound record present, only the held ones count.
 func TestReadsHeldEdgeRequestsFromTheRealExtproc(t *testing.T) {
-	clk := newClock()
-	tr := extproc.NewTracker(extproc.TrackerOptions{Now: clk.Now})
-	adm := &extproc.Admin{Tracker: tr, Replica: "extproc-0", BootID: extproc.NewBootID(), Wall: clk.Now}
-	srv := httptest.NewServer(adm.Handler())
-	defer srv.Close()
-	ep := []collect.Endpoint{{Key: "extproc-0", URL: srv.URL + "/v1/snapshot"}}
-	c := collect.New(collect.Options{Clock: clk})
+	clk, c := rig(collect.Options{})
+	tr, ep := realExtproc(t, clk)
 	ctx := context.Background()
 
 	edge := mesh.Target{Namespace: "ml", Service: "llama"}

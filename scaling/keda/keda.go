@@ -139,23 +139,28 @@ func parseRef(r *pb.ScaledObjectRef) (ref, error) {
 	} else if e := validation.IsDNS1123Subdomain(out.w.Name); len(e) > 0 {
 		errs = append(errs, fmt.Errorf("%s=%q: %v", KeyWorkload, out.w.Name, e))
 	}
-	num := func(key string, def float64, min float64) float64 {
-		v, ok := md[key]
-		if !ok {
-			if def < 0 {
-				errs = append(errs, fmt.Errorf("%s is missing: want requests in flight per replica, a number in (0, %g]", key, MaxTarget))
-			}
-			return def
-		}
+	// num parses key's value v, a number in (0, MaxTarget], or in
+	// [0, MaxTarget] with zeroOK (NaN fails every comparison).
+	num := func(key, v string, zeroOK bool) float64 {
 		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || math.IsNaN(f) || f < min || f > MaxTarget || (min == 0 && key == KeyTarget && f == 0) {
-			errs = append(errs, fmt.Errorf("%s=%q: want a number in %s, %g]", key, v, map[bool]string{true: "(0", false: "[0"}[key == KeyTarget], MaxTarget))
-			return def
+		if err == nil && f >= 0 && f <= MaxTarget && (f > 0 || zeroOK) {
+			return f
 		}
-		return f
+		lo := "(0"
+		if zeroOK {
+			lo = "[0"
+		}
+		errs = append(errs, fmt.Errorf("%s=%q: want a number in %s, %g]", key, v, lo, MaxTarget))
+		return 0
 	}
-	out.target = num(KeyTarget, -1, 0)
-	out.activation = num(KeyActivation, 0, 0)
+	if v, ok := md[KeyTarget]; ok {
+		out.target = num(KeyTarget, v, false)
+	} else {
+		errs = append(errs, fmt.Errorf("%s is missing: want requests in flight per replica, a number in (0, %g]", KeyTarget, MaxTarget))
+	}
+	if v, ok := md[KeyActivation]; ok {
+		out.activation = num(KeyActivation, v, true)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return ref{}, status.Errorf(codes.InvalidArgument, "ScaledObject %s/%s trigger metadata: %v", r.GetNamespace(), r.GetName(), err)
 	}

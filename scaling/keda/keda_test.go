@@ -2,6 +2,8 @@ package keda
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -153,6 +155,72 @@ func TestMetadataErrorsNameTheKey(t *testing.T) {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%s: %v lacks %q", name, err, w)
 			}
+		}
+	}
+}
+
+// The numbers at the edges of what targetInFlight ((0, MaxTarget],
+// required) and activationInFlight ([0, MaxTarget], default 0) accept:
+// strconv.ParseFloat's syntax, no NaN or infinity, nothing out of range.
+func TestMetadataNumbers(t *testing.T) {
+	const absent = "<absent>"
+	negZero := math.Copysign(0, -1)
+	for _, c := range []struct {
+		target, activation string
+		ok                 bool
+		wantT, wantA       float64
+		wantErr            string // with !ok
+	}{
+		{"4", absent, true, 4, 0, ""},
+		{"1e6", absent, true, 1e6, 0, ""},
+		{"1e-300", absent, true, 1e-300, 0, ""},
+		{"0x1p2", absent, true, 4, 0, ""},
+		{"4.", absent, true, 4, 0, ""},
+		{".5", absent, true, 0.5, 0, ""},
+		{"+2", absent, true, 2, 0, ""},
+		{absent, absent, false, 0, 0, "targetInFlight is missing: want requests in flight per replica, a number in (0, 1e+06]"},
+		{"0", absent, false, 0, 0, `targetInFlight="0": want a number in (0, 1e+06]`},
+		{"-0", absent, false, 0, 0, `targetInFlight="-0": want a number in (0, 1e+06]`},
+		{"1e-400", absent, false, 0, 0, `targetInFlight="1e-400"`}, // underflows to 0
+		{"-1", absent, false, 0, 0, `targetInFlight="-1"`},
+		{"1000000.1", absent, false, 0, 0, `targetInFlight="1000000.1"`},
+		{"Inf", absent, false, 0, 0, `targetInFlight="Inf"`},
+		{"-Inf", absent, false, 0, 0, `targetInFlight="-Inf"`},
+		{"1e400", absent, false, 0, 0, `targetInFlight="1e400"`}, // out of float64's range
+		{"nan", absent, false, 0, 0, `targetInFlight="nan"`},
+		{"", absent, false, 0, 0, `targetInFlight="": want a number in (0, 1e+06]`},
+		{" 4", absent, false, 0, 0, `targetInFlight=" 4"`},
+		{"4 ", absent, false, 0, 0, `targetInFlight="4 "`},
+		{"1_000", absent, true, 1000, 0, ""}, // Go's digit separators
+		{"1__000", absent, false, 0, 0, `targetInFlight="1__000"`},
+		{"4", "0", true, 4, 0, ""},
+		{"4", "-0", true, 4, negZero, ""},
+		{"4", "1e-400", true, 4, 0, ""},
+		{"4", "2.5", true, 4, 2.5, ""},
+		{"4", "1e6", true, 4, 1e6, ""},
+		{"4", "-1e-300", false, 0, 0, `activationInFlight="-1e-300": want a number in [0, 1e+06]`},
+		{"4", "1000001", false, 0, 0, `activationInFlight="1000001"`},
+		{"4", "Inf", false, 0, 0, `activationInFlight="Inf"`},
+		{"4", "NaN", false, 0, 0, `activationInFlight="NaN"`},
+		{"4", "", false, 0, 0, `activationInFlight="": want a number in [0, 1e+06]`},
+		{"0", "-1", false, 0, 0, `targetInFlight="0": want a number in (0, 1e+06]; activationInFlight="-1": want a number in [0, 1e+06]`},
+	} {
+		md := map[string]string{KeyWorkload: "vllm"}
+		if c.target != absent {
+			md[KeyTarget] = c.target
+		}
+		if c.activation != absent {
+			md[KeyActivation] = c.activation
+		}
+		r, err := parseRef(&pb.ScaledObjectRef{Name: "so", Namespace: "models", ScalerMetadata: md})
+		name := fmt.Sprintf("target %q, activation %q", c.target, c.activation)
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("%s: %v, want accepted", name, err)
+		case c.ok && (math.Float64bits(r.target) != math.Float64bits(c.wantT) || math.Float64bits(r.activation) != math.Float64bits(c.wantA)):
+			t.Errorf("%s: target %v activation %v, want %v %v", name, r.target, r.activation, c.wantT, c.wantA)
+		case !c.ok && (status.Code(err) != codes.InvalidArgument || !strings.Contains(strings.ReplaceAll(err.Error(), "\n", "; "), c.wantErr)):
+			t.Errorf("%s: %v, want InvalidArgument with %q", name, err, c.wantErr)
 		}
 	}
 }

@@ -247,6 +247,32 @@ func Run(m Model, tr Trace, p Policy, initial int) Result {
 // WarmupSettle seconds, which are held at initial. At the start of tr the
 // policy takes over with initial ready replicas and whatever is in flight.
 func RunWarm(m Model, warm, tr Trace, p Policy, initial int) Result {
+	return runWarm(m, warm, nil, tr, p, initial)
+}
+
+// run is RunWarm of e's warm-up and trace on e's model, with the warm-up's
+// need WithWarmup computed.
+func (e Env) run(p Policy, initial int) Result {
+	return runWarm(e.Model, e.Warmup, e.warmNeed, e.Trace, p, initial)
+}
+
+// warmNeeds is, per second of a warm-up whose offered peaks are peak, the
+// replicas the busiest of the 30 seconds from it needs at the batch limit,
+// at least 1.
+func warmNeeds(m Model, peak []float64) []int {
+	need := make([]int, len(peak))
+	for t := range need {
+		hi := 0.0
+		for s := t; s < t+30 && s < len(peak); s++ {
+			hi = math.Max(hi, peak[s])
+		}
+		need[t] = max(1, m.replicas(hi))
+	}
+	return need
+}
+
+// runWarm is RunWarm with the warm-up's warmNeeds (nil: computed here).
+func runWarm(m Model, warm Trace, warmNeed []int, tr Trace, p Policy, initial int) Result {
 	e := &engine{m: m, offset: math.Ceil(warm.Duration)}
 	e.horizon = e.offset + tr.Duration
 	for _, r := range warm.Requests {
@@ -265,16 +291,10 @@ func RunWarm(m Model, warm, tr Trace, p Policy, initial int) Result {
 		e.work[i] = m.Service(r)
 		e.start[i] = math.NaN()
 	}
-	var warmNeed []int
 	if e.offset > 0 {
-		env := NewEnv(m, warm, 1)
-		warmNeed = make([]int, int(e.offset)+1)
-		for t := range warmNeed {
-			hi := 0.0
-			for s := t; s < t+30 && s < len(env.OfferedMax); s++ {
-				hi = math.Max(hi, env.OfferedMax[s])
-			}
-			warmNeed[t] = max(1, int(math.Ceil(hi/float64(m.Batch)-1e-9)))
+		if warmNeed == nil {
+			_, peak := offered(m, warm)
+			warmNeed = warmNeeds(m, peak)
 		}
 		e.setReady(warmNeed[0])
 	} else {

@@ -157,7 +157,7 @@ func (x Experiment) Run() Outcome {
 				j := jobs[i]
 				env := out.Envs[j.trace]
 				p, initial := j.spec.New(env, j.knob)
-				r := RunWarm(x.Model, env.Warmup, env.Trace, p, initial)
+				r := env.run(p, initial)
 				r.Policy, r.Knob = j.spec.Name, j.knob
 				s := Summarize(r)
 				s.Default = j.def

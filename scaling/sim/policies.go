@@ -20,6 +20,7 @@ type Env struct {
 	// (the demand, in requests; divide by Batch for replicas).
 	OfferedMean, OfferedMax []float64
 	warmMean                []float64
+	warmNeed                []int // per second of Warmup (see warmNeeds)
 }
 
 // NewEnv computes the offered load of tr under m.
@@ -31,7 +32,9 @@ func NewEnv(m Model, tr Trace, maxReplicas int) Env {
 // WithWarmup returns e with the warm-up trace set.
 func (e Env) WithWarmup(w Trace) Env {
 	e.Warmup = w
-	e.warmMean, _ = offered(e.Model, w)
+	var peak []float64
+	e.warmMean, peak = offered(e.Model, w)
+	e.warmNeed = warmNeeds(e.Model, peak)
 	return e
 }
 
@@ -75,6 +78,12 @@ func offered(m Model, tr Trace) (mean, peak []float64) {
 	return mean, peak
 }
 
+// replicas is how many replicas load (requests in service) needs at the
+// batch limit, rounded as the policy rounds (scaling.CeilReplicas).
+func (m Model) replicas(load float64) int {
+	return int(scaling.CeilReplicas(load / float64(m.Batch)))
+}
+
 // Initial is the number of replicas every autoscaler starts with: enough,
 // at the batch limit, for the busiest minute of the last five of the
 // warm-up and the first five of the trace (a warm start, the same for every
@@ -96,7 +105,7 @@ func (e Env) Initial() int {
 		minute(e.OfferedMean, 60*m)
 		minute(e.warmMean, len(e.warmMean)-1-60*(m+1))
 	}
-	return max(1, int(math.Ceil(best/float64(e.Model.Batch)-1e-9)))
+	return max(1, e.Model.replicas(best))
 }
 
 // PeakNeed is the replicas the busiest second of the trace needs at the
@@ -106,7 +115,7 @@ func (e Env) PeakNeed() int {
 	for _, v := range e.OfferedMax {
 		hi = math.Max(hi, v)
 	}
-	return max(1, int(math.Ceil(hi/float64(e.Model.Batch)-1e-9)))
+	return max(1, e.Model.replicas(hi))
 }
 
 // Spec describes one policy for the experiments: its name, its main knob
@@ -740,7 +749,7 @@ type clairvoyant struct {
 func newClairvoyant(e Env, perReplica float64) *clairvoyant {
 	needs := make([]int, len(e.OfferedMax))
 	for i, v := range e.OfferedMax {
-		needs[i] = max(1, int(math.Ceil(v/perReplica-1e-9)))
+		needs[i] = max(1, int(scaling.CeilReplicas(v/perReplica)))
 	}
 	return &clairvoyant{needs: needs, ahead: int(math.Ceil(e.Model.ColdStart)) + 1}
 }
@@ -777,7 +786,7 @@ func newZeroWait(e Env) *zeroWait {
 	need := make([]int, n)
 	top := 0
 	for i, v := range e.OfferedMax {
-		need[i] = int(math.Ceil(v/float64(e.Model.Batch) - 1e-9))
+		need[i] = e.Model.replicas(v)
 		top = max(top, need[i])
 	}
 	want := make([]int, n)
