@@ -496,6 +496,7 @@ func TestHoldRandomized(t *testing.T) {
 	const clients, perClient = 12, 12
 	p.apply(t, doc(rand.New(rand.NewPCG(seed, 1<<32))))
 	stop := make(chan struct{})
+	expiredOnce := make(chan struct{}) // closed after the forced expiry
 	var ctl sync.WaitGroup
 	ctl.Add(1)
 	go func() { // the controller: a new document now and then, sometimes none for a while (expiry)
@@ -512,7 +513,11 @@ func TestHoldRandomized(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				pause = 1300 * time.Millisecond
+				// Not cut short by stop: the expiry path must run
+				// even when the clients finish first.
+				time.Sleep(1300 * time.Millisecond)
+				close(expiredOnce)
+				pause = 0
 			}
 			select {
 			case <-stop:
@@ -554,6 +559,11 @@ func TestHoldRandomized(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	select { // the controller has gone quiet once, whatever the clients' pace
+	case <-expiredOnce:
+	case <-time.After(30 * time.Second):
+		t.Error("the controller goroutine never reached its forced expiry")
+	}
 	close(stop)
 	ctl.Wait()
 
