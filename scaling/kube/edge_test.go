@@ -72,6 +72,16 @@ func TestEdgeDemandScalesTheSelectedDeployment(t *testing.T) {
 		}
 		return true
 	})
+	// The status is published at the end of the tick that wrote the
+	// replicas: wait for it.
+	eventually(t, 30*time.Second, "the status of the three", func() bool {
+		for n := range want {
+			if ws := r.workload(e.ns, n); ws == nil || ws.Last == nil {
+				return false
+			}
+		}
+		return true
+	})
 	for n, w := range want {
 		ws := r.workload(e.ns, n)
 		if ws == nil || ws.Source != w.source {
