@@ -20,9 +20,9 @@ import (
 )
 
 // Admin serves the admin HTTP port: /v1/snapshot, /metrics, /healthz,
-// /readyz and, with Gates, PUT and GET /v1/gates. It must not be exposed
-// outside the cluster (see deploy/): only the leading controller may send
-// gates.
+// /readyz and, with Gates, PUT and GET /v1/gates and GET /v1/gates/wake. It
+// must not be exposed outside the cluster (see deploy/): only the leading
+// controller may send gates.
 type Admin struct {
 	Tracker  *Tracker
 	Replica  string

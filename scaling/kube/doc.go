@@ -25,6 +25,8 @@
 //	services.go    edge targets: a Service → the Deployments it selects, the shares
 //	gates.go       the gate table: built per tick, pushed to every extproc each
 //	               tick and at once on a Service's 0 → >0 ready endpoints
+//	wake.go        one GET /v1/gates/wake wait per extproc replica: a tick at
+//	               once when a request is held for a Service with no endpoint
 //	hpa.go         managed Deployments an HPA (KEDA's) scales: skipped, warned
 //	scale.go       /scale writes (bounded errgroup, conflict retries) and their Events
 //	status.go      GET /v1/status
@@ -36,7 +38,9 @@
 //
 // Concurrency: Run starts the informers and the election; the model
 // EndpointSlice informer's handler only computes a Service's ready count and
-// signals the tick loop (a buffered channel of one; ready is its own mutex).
+// signals the tick loop (a buffered channel of one; ready is its own mutex);
+// so do the leader's wake waits (one goroutine per extproc replica, which
+// only read the endpoint lister and send on the channel).
 // The leader's tick loop is one goroutine that owns every per-workload state and never holds
 // a lock across network I/O (snapshot fetches and /scale writes run with no
 // lock; writes of one tick run in parallel on a bounded pool, each writing
