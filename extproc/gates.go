@@ -293,12 +293,12 @@ type Gates struct {
 	closed  bool
 	current *GatesDocument // the document in force (nil: none); when it was received: metrics.gatesAt
 
-	wakeMu  sync.Mutex    // guards what follows; taken after a gateState's mu
+	wakeMu  sync.Mutex    // guards wakeSeq and wakeCh; taken after a gateState's mu
 	wakeSeq uint64        // wakes so far
 	wakeCh  chan struct{} // closed and replaced at each wake
-	waitEnd chan struct{} // closed by EndWakeWaits
-	waiters atomic.Int64  // WaitWake calls waiting now
-	ended   bool
+	waitEnd chan struct{} // closed once, by EndWakeWaits
+	endOnce sync.Once
+	waiters atomic.Int64 // WaitWake calls waiting now
 }
 
 // gateTable is one document's gates, immutable once published.
@@ -588,14 +588,7 @@ func (g *Gates) WaitWake(ctx context.Context, after uint64) uint64 {
 
 // EndWakeWaits answers every WaitWake, now and later, at once: the admin
 // server is shutting down and must not wait for them.
-func (g *Gates) EndWakeWaits() {
-	g.wakeMu.Lock()
-	defer g.wakeMu.Unlock()
-	if !g.ended {
-		g.ended = true
-		close(g.waitEnd)
-	}
-}
+func (g *Gates) EndWakeWaits() { g.endOnce.Do(func() { close(g.waitEnd) }) }
 
 // GatesStatus is what GET /v1/gates answers: the document in force, if
 // any, and how old it is.

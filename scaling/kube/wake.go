@@ -32,7 +32,7 @@ func (c *Controller) watchWakes(ctx context.Context) {
 	for {
 		live := map[string]bool{}
 		for _, ep := range c.endpoints() {
-			u := strings.TrimSuffix(ep.URL, c.opt.SnapshotPath) + "/v1/gates/wake"
+			u := gatesURL(ep.URL, c.opt.SnapshotPath) + "/wake"
 			live[u] = true
 			if waits[u] == nil {
 				wctx, cancel := context.WithCancel(ctx)

@@ -90,6 +90,19 @@ func (d *demo) annotations() map[string]string {
 	return ann
 }
 
+// background runs run on a context that ctx's cancellation does not end
+// (the caller stops it, in its own order): stop cancels it, waits for it
+// and returns its error.
+func background(ctx context.Context, run func(context.Context) error) (stop func() error) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- run(rctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
 // gateway reports the gateway-only install (-min-replicas 0): the harness
 // is the ingress gateway (control profile) and the model pods have no
 // sidecar, so the edge's records are the workload's whole demand.
@@ -197,12 +210,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 		return err
 	}
 	d.fl = fl
-	fctx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
-	fleetDone := make(chan error, 1)
-	go func() { fleetDone <- fl.Run(fctx) }()
+	stopFleet := background(ctx, fl.Run)
 	defer func() {
-		stopFleet()
-		if ferr := <-fleetDone; ferr != nil {
+		if ferr := stopFleet(); ferr != nil {
 			err = errors.Join(err, ferr)
 		}
 	}()
@@ -226,12 +236,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 		Versions: versions, Extprocs: grpcAddrs, Speed: d.opt.Speed}
 	if d.gateway() {
 		eds := replay.NewEDS(st.Client, modelNamespace, modelName, d.compress(edsDelay))
-		ectx, stopEDS := context.WithCancel(context.WithoutCancel(ctx))
-		edsDone := make(chan error, 1)
-		go func() { edsDone <- eds.Run(ectx) }()
+		stopEDS := background(ctx, eds.Run)
 		defer func() {
-			stopEDS()
-			if eerr := <-edsDone; eerr != nil {
+			if eerr := stopEDS(); eerr != nil {
 				err = errors.Join(err, eerr)
 			}
 		}()

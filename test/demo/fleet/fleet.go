@@ -170,32 +170,16 @@ var ErrNoReplica = errors.New("fleet: no replica")
 // pod that will be ready first. The request waits in the pod while its
 // batch is full.
 func (f *Fleet) Route(now time.Time, svc time.Duration) (Assignment, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var best *pod
-	bestLoad := 0
-	for _, p := range f.pods {
-		if p.draining || p.deleted || !p.inAPI {
-			continue
-		}
-		ready := p.ready
-		load := p.load(now)
-		switch {
-		case best == nil:
-		case ready && !best.ready:
-		case !ready && best.ready:
-			continue
-		case ready && load < bestLoad:
-		case !ready && p.readyAt.Before(best.readyAt):
-		default:
-			continue
-		}
-		best, bestLoad = p, load
-	}
-	if best == nil {
-		return Assignment{}, ErrNoReplica
-	}
-	return f.assignLocked(best, now, svc), nil
+	return f.route(now, svc, func(p *pod) bool { return !p.draining && !p.deleted && p.inAPI },
+		func(p *pod, load int, best *pod, bestLoad int) bool {
+			switch {
+			case p.ready != best.ready:
+				return p.ready
+			case p.ready:
+				return load < bestLoad
+			}
+			return p.readyAt.Before(best.readyAt)
+		})
 }
 
 // RouteAmong is Route for a proxy that knows only the endpoints hosts
@@ -204,25 +188,30 @@ func (f *Fleet) Route(now time.Time, svc time.Duration) (Assignment, error) {
 // being removed (a terminating pod still serves during its grace period:
 // the request extends its GPU time). ErrNoReplica if none of them exists.
 func (f *Fleet) RouteAmong(now time.Time, svc time.Duration, hosts func(ip string) bool) (Assignment, error) {
+	return f.route(now, svc, func(p *pod) bool { return p.ready && hosts(p.ip) },
+		func(p *pod, load int, best *pod, bestLoad int) bool {
+			if p.draining != best.draining {
+				return !p.draining
+			}
+			return load < bestLoad
+		})
+}
+
+// route assigns the request to the eligible pod that no other one beats
+// (better reports whether p, with load, beats the best so far; the first
+// of equals wins), or returns ErrNoReplica when none is eligible.
+func (f *Fleet) route(now time.Time, svc time.Duration, eligible func(*pod) bool, better func(p *pod, load int, best *pod, bestLoad int) bool) (Assignment, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var best *pod
 	bestLoad := 0
 	for _, p := range f.pods {
-		if !p.ready || !hosts(p.ip) {
+		if !eligible(p) {
 			continue
 		}
-		load := p.load(now)
-		switch {
-		case best == nil:
-		case best.draining && !p.draining:
-		case p.draining && !best.draining:
-			continue
-		case load < bestLoad:
-		default:
-			continue
+		if load := p.load(now); best == nil || better(p, load, best, bestLoad) {
+			best, bestLoad = p, load
 		}
-		best, bestLoad = p, load
 	}
 	if best == nil {
 		return Assignment{}, ErrNoReplica

@@ -419,19 +419,9 @@ func Poll(ctx context.Context, timeout, period time.Duration, cond func() bool) 
 // InFlight sums the workload's in-flight count over the extprocs'
 // snapshots; ok is false if one did not answer.
 func InFlight(ctx context.Context, extprocs []*Extproc, namespace, workload string) (sum int64, ok bool) {
-	ok = true
-	for _, e := range extprocs {
-		s, err := Snapshot(ctx, e.Admin)
-		if err != nil {
-			ok = false
-			continue
-		}
-		for _, t := range s.Targets {
-			if t.Namespace == namespace && t.Workload == workload {
-				sum += t.InFlight
-			}
-		}
-	}
+	sum, _, ok = sumTargets(ctx, extprocs, func(t extproc.TargetRecord) bool {
+		return t.Namespace == namespace && t.Workload == workload
+	})
 	return sum, ok
 }
 
@@ -439,6 +429,14 @@ func InFlight(ctx context.Context, extprocs []*Extproc, namespace, workload stri
 // extprocs' snapshots: in flight (held included) and held; ok is false if
 // one did not answer.
 func EdgeInFlight(ctx context.Context, extprocs []*Extproc, namespace, service string) (inFlight, held int64, ok bool) {
+	return sumTargets(ctx, extprocs, func(t extproc.TargetRecord) bool {
+		return t.Namespace == namespace && t.Service == service && t.Source == "edge"
+	})
+}
+
+// sumTargets sums in-flight and held over the snapshots' records that
+// match; ok is false if an extproc did not answer.
+func sumTargets(ctx context.Context, extprocs []*Extproc, match func(extproc.TargetRecord) bool) (inFlight, held int64, ok bool) {
 	ok = true
 	for _, e := range extprocs {
 		s, err := Snapshot(ctx, e.Admin)
@@ -447,7 +445,7 @@ func EdgeInFlight(ctx context.Context, extprocs []*Extproc, namespace, service s
 			continue
 		}
 		for _, t := range s.Targets {
-			if t.Namespace == namespace && t.Service == service && t.Source == "edge" {
+			if match(t) {
 				inFlight += t.InFlight
 				held += t.Held
 			}
