@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/inflight-dev/inflight/scaling/sim"
 	"github.com/inflight-dev/inflight/test/controlplane"
 	"github.com/inflight-dev/inflight/test/demo/fleet"
+	"github.com/inflight-dev/inflight/test/demo/replay"
 	"github.com/inflight-dev/inflight/test/demo/stack"
 	"github.com/inflight-dev/inflight/test/envoy"
 	"github.com/inflight-dev/inflight/test/testutil"
@@ -87,7 +87,7 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 	createZeroModel(ctx, t, st, "busy", 1, map[string]string{p + "min-replicas": "1", p + "max-replicas": "1", p + "max-queue": "1"})
 	zeroEDS := runFleet(ctx, t, st, "zero", false)
 	busyEDS := runFleet(ctx, t, st, "busy", true)
-	var stuckEDS atomic.Bool // no fleet: never a ready replica
+	stuckEDS := func() bool { return false } // no fleet: never a ready replica
 	waitLeader(ctx, t, st, nil, 30*time.Second)
 
 	c, err := envoy.NewClient(envoy.Config{Profile: envoy.Control, Version: envoy.Envoy137}, ep.GRPC)
@@ -95,11 +95,11 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	send := func(svc string, eds *atomic.Bool, serve time.Duration) <-chan *envoy.Result {
+	send := func(svc string, hasEndpoint func() bool, serve time.Duration) <-chan *envoy.Result {
 		out := make(chan *envoy.Result, 1)
 		go func() {
 			out <- c.Do(ctx, &envoy.Request{Attributes: envoy.GatewayAttributes(zeroNS, svc, 8000),
-				NoHealthyUpstream: func() bool { return !eds.Load() },
+				NoHealthyUpstream: func() bool { return !hasEndpoint() },
 				Response:          envoy.Response{HeadersDelay: serve, Body: [][]byte{[]byte("ok")}}})
 		}()
 		return out
@@ -141,14 +141,14 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 	// Zero → held → ready → answered.
 	sent := time.Now()
 	first := send("zero", zeroEDS, 100*time.Millisecond)
-	if err := stack.Poll(ctx, 30*time.Second, 50*time.Millisecond, func() bool { return held(ctx, ep.Admin, "zero") >= 1 }); err != nil {
+	if err := stack.Poll(ctx, 30*time.Second, 50*time.Millisecond, func() bool { return held(ctx, ep, "zero") >= 1 }); err != nil {
 		select {
 		case r := <-first:
 			t.Fatalf("the request for the Service at zero was never held: it ended with status %d immediate %v fail-open %v (%v), overrides %d ignored %d",
 				r.Status, r.ImmediateResponse, r.FailOpen, r.ProcessorErr, r.TimeoutOverrides, r.IgnoredOverrides)
 		default:
 		}
-		t.Fatalf("the request for the Service at zero was never held (held %d)", held(ctx, ep.Admin, "zero"))
+		t.Fatalf("the request for the Service at zero was never held (held %d)", held(ctx, ep, "zero"))
 	}
 	isHeld := time.Now()
 	_ = stack.Poll(ctx, 30*time.Second, 10*time.Millisecond, func() bool { return replicasOf(ctx, t, st, "zero") >= 1 })
@@ -187,7 +187,7 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 
 	// Hold timeout → 503 with Retry-After.
 	select {
-	case r := <-send("stuck", &stuckEDS, 100*time.Millisecond):
+	case r := <-send("stuck", stuckEDS, 100*time.Millisecond):
 		if r.Status != 503 || !r.ImmediateResponse || !retryAfter(r) {
 			t.Errorf("hold timeout: status %d immediate %v headers %v, want 503 with Retry-After from the extproc", r.Status, r.ImmediateResponse, r.LocalHeaders)
 		}
@@ -196,7 +196,7 @@ func TestScaleFromZeroHoldAndShed(t *testing.T) {
 	}
 
 	// Shedding at max-queue: 1 × 1 ready, share 1.
-	if err := stack.Poll(ctx, 30*time.Second, 50*time.Millisecond, func() bool { return busyEDS.Load() }); err != nil {
+	if err := stack.Poll(ctx, 30*time.Second, 50*time.Millisecond, busyEDS); err != nil {
 		t.Fatal("busy never had a ready endpoint")
 	}
 	var rs []<-chan *envoy.Result
@@ -264,22 +264,22 @@ func createZeroModel(ctx context.Context, t *testing.T, st *stack.Stack, name st
 	}
 }
 
-// runFleet runs the simulated fleet of Deployment name (1 s cold start) and
-// plays the EndpointSlice controller for its Service: the slice lists the
-// fleet's ready pods. The returned flag is the gateway's EDS: whether it has
-// an endpoint for the Service (set once the slice lists one).
-func runFleet(ctx context.Context, t *testing.T, st *stack.Stack, name string, warm bool) *atomic.Bool {
+// runFleet runs the simulated fleet of Deployment name (1 s cold start),
+// which also plays the EndpointSlice controller for its Service, and the
+// gateway's EDS view of that Service (the demo's, no delay). It returns
+// whether the gateway has an endpoint for the Service.
+func runFleet(ctx context.Context, t *testing.T, st *stack.Stack, name string, warm bool) (hasEndpoint func() bool) {
 	t.Helper()
 	m := sim.Model{Batch: 4, PrefillTPS: 5000, SecPerToken: 0.01, ColdStart: 1}
-	fl, err := fleet.New(st.Client, fleet.Options{Namespace: zeroNS, Deployment: name, Model: m, Speed: 1, WarmStart: warm})
+	fl, err := fleet.New(st.Client, fleet.Options{Namespace: zeroNS, Deployment: name, Service: name, Model: m, Speed: 1, WarmStart: warm})
 	if err != nil {
 		t.Fatal(err)
 	}
+	eds := replay.NewEDS(st.Client, zeroNS, name, 0)
 	fctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 2)
 	go func() { done <- fl.Run(fctx) }()
-	var eds atomic.Bool
-	go func() { done <- mirror(fctx, st, name, &eds) }()
+	go func() { done <- eds.Run(fctx) }()
 	t.Cleanup(func() {
 		stop()
 		for range 2 {
@@ -288,79 +288,12 @@ func runFleet(ctx context.Context, t *testing.T, st *stack.Stack, name string, w
 			}
 		}
 	})
-	return &eds
-}
-
-// mirror writes the EndpointSlice of Service name from its ready pods every
-// 50 ms until ctx ends (bounded: one list and at most one write per round).
-func mirror(ctx context.Context, st *stack.Stack, name string, eds *atomic.Bool) error {
-	api := st.Client.DiscoveryV1().EndpointSlices(zeroNS)
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name + "-e2e", Namespace: zeroNS, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8000))}},
-	}
-	created, err := api.Create(ctx, slice, metav1.CreateOptions{})
-	if err != nil {
-		return err
-	}
-	slice = created
-	tk := time.NewTicker(50 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tk.C:
-		}
-		pods, err := st.Client.CoreV1().Pods(zeroNS).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
-		if err != nil {
-			continue
-		}
-		var eps []discoveryv1.Endpoint
-		for j, p := range pods.Items {
-			ready := p.DeletionTimestamp == nil && podReady(&p)
-			eps = append(eps, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.77.0.%d", 10+j%200)},
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}})
-		}
-		n := 0
-		for _, e := range eps {
-			if *e.Conditions.Ready {
-				n++
-			}
-		}
-		if (n > 0) == eds.Load() && len(eps) == len(slice.Endpoints) {
-			continue
-		}
-		slice.Endpoints = eps
-		if s, err := api.Update(ctx, slice, metav1.UpdateOptions{}); err == nil {
-			slice = s
-			eds.Store(n > 0) // the proxy has the endpoint once the slice lists it
-		}
-	}
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-			return true
-		}
-	}
-	return false
+	return func() bool { return eds.Count() > 0 }
 }
 
 // held is the held count of the extproc's edge target for Service svc.
-func held(ctx context.Context, admin, svc string) int64 {
-	s, err := stack.Snapshot(ctx, admin)
-	if err != nil {
-		return -1
-	}
-	var n int64
-	for _, r := range s.Targets {
-		if r.Namespace == zeroNS && r.Service == svc && r.Workload == "" {
-			n += r.Held
-		}
-	}
+func held(ctx context.Context, ep *stack.Extproc, svc string) int64 {
+	_, n, _ := stack.EdgeInFlight(ctx, []*stack.Extproc{ep}, zeroNS, svc)
 	return n
 }
 
